@@ -7,12 +7,16 @@
 #
 # Order of preference:
 #   1. $BASE_IMAGE (default python:3.11-slim) if it is already in the engine;
-#   2. `docker pull $BASE_IMAGE`, bounded by a timeout because on a machine
+#   2. the local fallback kvstore-base:bookworm if an earlier run built it
+#      (checked before pulling, so repeat runs never wait on a registry);
+#   3. `docker pull $BASE_IMAGE`, bounded by a timeout because on a machine
 #      without registry access the pull either fails at once or hangs;
-#   3. a local Debian bookworm image, kvstore-base:bookworm, made with
+#   4. build kvstore-base:bookworm: a minimal Debian bookworm made with
 #      debootstrap from the host's Debian mirror and `docker import`ed.
 #      It has Debian's python3 (3.11 on bookworm) + python3-venv, which is
-#      all the Dockerfile needs. Built once; later runs reuse it.
+#      all the Dockerfile needs.
+# To go back to $BASE_IMAGE once a registry is reachable, pull it by hand or
+# remove kvstore-base:bookworm.
 #
 # Idempotent and quick (well under 2 s) once an image exists.
 # Environment:
@@ -42,19 +46,21 @@ if have_image "$BASE_IMAGE"; then
     exit 0
 fi
 
-# 2. Try the registry, but do not wait long for it.
-log "$BASE_IMAGE not present locally; trying docker pull (timeout ${PULL_TIMEOUT}s)"
-if timeout "$PULL_TIMEOUT" docker pull -q "$BASE_IMAGE" >&2 2>/dev/null && have_image "$BASE_IMAGE"; then
-    echo "$BASE_IMAGE"
-    exit 0
-fi
-log "pull failed; falling back to a local base image $LOCAL_BASE"
-
-# 3. Local debootstrap image.
+# 2. Fallback image from an earlier run.
 if have_image "$LOCAL_BASE"; then
     echo "$LOCAL_BASE"
     exit 0
 fi
+
+# 3. Try the registry, but do not wait long for it.
+log "$BASE_IMAGE not present locally; trying docker pull (timeout ${PULL_TIMEOUT}s)"
+if timeout "$PULL_TIMEOUT" docker pull -q "$BASE_IMAGE" >&2 && have_image "$BASE_IMAGE"; then
+    echo "$BASE_IMAGE"
+    exit 0
+fi
+log "pull failed; building local base image $LOCAL_BASE"
+
+# 4. Build the fallback with debootstrap.
 
 # debootstrap, chroot and `docker import` of a root filesystem need root.
 [ "$(id -u)" -eq 0 ] || die "building $LOCAL_BASE needs root (debootstrap); re-run as root, e.g. sudo bash $0"

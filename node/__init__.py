@@ -1,0 +1,1 @@
+"""A replicated key-value store: one leader, several followers, semi-synchronous replication."""

@@ -1,0 +1,128 @@
+"""Start-up: configuration, log replay, routes, HTTP server, clean shutdown.
+
+    python -m node            # reads ROLE, NODE_ID, PORT, ... from the environment
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from node import handlers as h
+from node.config import Config, ConfigError, load_config
+from node.follower import Follower
+from node.leader import Leader, LeaderLogError
+from node.log import LogCorruptError, LogFile
+
+log = logging.getLogger("node")
+
+
+def routes(node) -> list:
+    """The same paths on both roles: a follower answers writes with an error naming the leader."""
+    args = {"node": node}
+    return [
+        (r"/health", h.HealthHandler, args),
+        (r"/status", h.StatusHandler, args),
+        (r"/read/(.+)", h.ReadHandler, args),
+        (r"/keys", h.KeysHandler, args),
+        (r"/all", h.AllHandler, args),
+        (r"/write", h.WriteHandler, args),
+        (r"/delete/(.+)", h.DeleteHandler, args),
+        (r"/clear", h.ClearHandler, args),
+        (r"/replicate", h.ReplicateHandler, args),
+        (r"/log", h.LogHandler, args),
+        (r"/openapi.json", h.OpenApiHandler, args),
+    ]
+
+
+def make_app(node) -> Application:
+    return Application(
+        routes(node),
+        default_handler_class=h.NotFoundHandler,
+        default_handler_args={"node": node},
+    )
+
+
+def open_node(config: Config):
+    """Open the node's log, replay it and build the role's object (raises on a damaged log)."""
+    log_file, entries = LogFile.open(config.data_dir, config.fsync)
+    try:
+        node_class = Leader if config.is_leader else Follower
+        return node_class(config, log_file, entries)
+    except Exception:
+        log_file.close()
+        raise
+
+
+async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
+    """Open, serve and start a node on the running loop (used by ``main`` and by tests)."""
+    node = open_node(config)
+    # Headroom above MAX_BODY_BYTES so an oversized body reaches the handler and gets a JSON 413.
+    server = HTTPServer(make_app(node), max_body_size=max(config.max_body_bytes * 4, 64 << 20))
+    if sockets is not None:
+        server.add_sockets(sockets)
+    else:
+        server.listen(config.port, config.host)
+    node.start()
+    return node, server
+
+
+async def stop_node(node, server: HTTPServer) -> None:
+    server.stop()
+    await node.close()
+
+
+class NodeIdFilter(logging.Filter):
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node_id = self.node_id
+        return True
+
+
+def setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(NodeIdFilter(config.node_id))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+async def serve(config: Config) -> None:
+    node, server = await start_node(config)
+    log.info("%s listening on %s:%d, data in %s (fsync=%s)", config.role, config.host, config.port,
+             config.data_dir, config.fsync)
+    if config.is_leader:
+        log.info("followers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms",
+                 ",".join(config.followers), config.write_quorum, config.min_delay_ms,
+                 config.max_delay_ms, config.write_timeout_ms)
+    if not config.replication_secret:
+        log.warning("REPLICATION_SECRET is not set: /replicate and /log accept anyone")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await stop_node(node, server)
+
+
+def main() -> None:
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(config)
+    try:
+        asyncio.run(serve(config))
+    except (LogCorruptError, LeaderLogError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)

@@ -1,0 +1,298 @@
+"""HTTP/JSON handlers: parse and validate the request, call the node, write JSON.
+
+Every answer is JSON, errors included (``{"error": "..."}`` with a 4xx for bad input, never a
+stack trace). Request bodies are streamed and counted so an oversized body gets a clean 413
+without being buffered whole.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from node.follower import EntryConflict
+from node.leader import WriteTimeout
+from node.log import Entry, EntryError
+from node.replication import SECRET_HEADER
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
+WRITE_FIELDS = {"key", "value"}
+
+
+class ApiError(HTTPError):
+    """An error answer: status, a message that says what was wrong, optional extra fields."""
+
+    def __init__(self, status: int, message: str, **fields: Any) -> None:
+        super().__init__(status, log_message=None)
+        self.message = message
+        self.fields = fields
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body as strict JSON (no NaN/Infinity); raise ApiError(400) otherwise."""
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def validate_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise ApiError(400, f"'key' must be a string, got {type(key).__name__}")
+    if not key:
+        raise ApiError(400, "'key' must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ApiError(400, "'key' contains an unpaired surrogate; it must be valid Unicode") from None
+    if size > MAX_KEY_BYTES:
+        raise ApiError(400, f"'key' is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes (UTF-8)")
+    return key
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    """JSON in, JSON out, for every endpoint of both roles."""
+
+    def initialize(self, node) -> None:
+        self.node = node
+
+    def prepare(self) -> None:
+        self._body = bytearray()
+        self._body_too_large = False
+        limit = self.node.config.max_body_bytes
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            self._body_too_large = True
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large:
+            return
+        self._body.extend(chunk)
+        if len(self._body) > self.node.config.max_body_bytes:
+            self._body_too_large = True
+            self._body = bytearray()
+
+    def json_body(self) -> Any:
+        if self._body_too_large:
+            limit = self.node.config.max_body_bytes
+            raise ApiError(413, f"request body exceeds MAX_BODY_BYTES={limit} bytes")
+        return parse_json(bytes(self._body))
+
+    def json_object(self, allowed: set[str]) -> dict:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+        return body
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            payload = {"error": exc.message, **exc.fields}
+        elif status_code == 405:
+            allowed = self._allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            payload = {"error": f"method {self.request.method} is not allowed on {self.request.path}; allowed: {', '.join(allowed)}"}
+        elif status_code >= 500:
+            payload = {"error": "internal error; see the node's log"}
+        else:
+            payload = {"error": self._reason}
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(payload))
+
+    def _allowed_methods(self) -> list[str]:
+        return [m for m in ("GET", "POST", "PUT", "DELETE", "PATCH")
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+
+    def check_secret(self) -> None:
+        """Internal endpoints need REPLICATION_SECRET (when one is configured)."""
+        expected = self.node.config.replication_secret
+        given = self.request.headers.get(SECRET_HEADER, "")
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(403, f"internal endpoint: missing or wrong {SECRET_HEADER} header")
+
+    def ensure_leader(self) -> None:
+        if self.node.role != "leader":
+            leader = self.node.config.leader
+            raise ApiError(
+                403,
+                f"this node ({self.node.config.node_id}) is a follower and accepts no writes; "
+                f"send writes to the leader at {leader}",
+                leader=leader,
+            )
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError(404, f"no endpoint at {self.request.path}; see GET /openapi.json for the API")
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json({"status": "ok", "role": self.node.role, "node_id": self.node.config.node_id})
+
+
+class StatusHandler(BaseHandler):
+    def get(self) -> None:
+        self.send_json(self.node.status())
+
+
+class ReadHandler(BaseHandler):
+    def get(self, key: str) -> None:
+        key = validate_key(key)
+        found = self.node.store.get(key)
+        if found is None:
+            raise ApiError(404, f"key {key!r} not found", key=key, found=False)
+        value, seq = found
+        self.send_json({"key": key, "value": value, "found": True, "seq": seq})
+
+
+class KeysHandler(BaseHandler):
+    def get(self) -> None:
+        keys = self.node.store.keys()
+        self.send_json({"keys": keys, "count": len(keys), "applied_seq": self.node.store.applied_seq})
+
+
+class AllHandler(BaseHandler):
+    def get(self) -> None:
+        data = self.node.store.snapshot()
+        self.send_json({"data": data, "count": len(data), "applied_seq": self.node.store.applied_seq})
+
+
+class MutationHandler(BaseHandler):
+    """Shared by the three operations that append to the log: set, delete and clear."""
+
+    async def commit(self, op: str, key: str | None, value: Any = None) -> None:
+        try:
+            outcome = await self.node.submit(op, key, value)
+        except WriteTimeout as timeout:
+            raise ApiError(
+                504, str(timeout), success=False, seq=timeout.seq,
+                confirmations=timeout.confirmations, quorum=timeout.quorum,
+                debug={"replication_delays_ms": timeout.delays_ms},
+            ) from None
+        quorum = self.node.config.write_quorum
+        total = len(self.node.config.followers)
+        self.send_json({
+            "success": True,
+            "op": op,
+            "key": key,
+            "value": value,
+            "seq": outcome.entry.seq,
+            "confirmations": outcome.confirmations,
+            "quorum": quorum,
+            "message": f"Replicated to {outcome.confirmations}/{total} followers (quorum: {quorum})",
+            "debug": {"replication_delays_ms": outcome.delays_ms},
+        })
+
+
+class WriteHandler(MutationHandler):
+    async def post(self) -> None:
+        self.ensure_leader()
+        body = self.json_object(WRITE_FIELDS)
+        key = validate_key(body.get("key"))
+        if "value" not in body:
+            raise ApiError(400, "'value' is missing; send {\"key\": \"...\", \"value\": <any JSON>}")
+        await self.commit("set", key, body["value"])
+
+
+class DeleteHandler(MutationHandler):
+    async def delete(self, key: str) -> None:
+        self.ensure_leader()
+        key = validate_key(key)
+        if key not in self.node.store:
+            raise ApiError(404, f"key {key!r} not found; nothing to delete", key=key, found=False)
+        await self.commit("delete", key)
+
+
+class ClearHandler(MutationHandler):
+    async def delete(self) -> None:
+        self.ensure_leader()
+        await self.commit("clear", None)
+
+
+class ReplicateHandler(BaseHandler):
+    """Internal: the leader pushes one entry; answered once the entry is durable here."""
+
+    async def post(self) -> None:
+        self.check_secret()
+        if self.node.role != "follower":
+            raise ApiError(403, "only followers accept /replicate")
+        try:
+            entry = Entry.from_dict(self.json_body())
+        except EntryError as exc:
+            raise ApiError(400, f"invalid entry: {exc}") from None
+        try:
+            await self.node.receive(entry)
+        except EntryConflict as exc:
+            log.error("%s", exc)
+            raise ApiError(409, str(exc)) from None
+        self.send_json({"ok": True, "seq": entry.seq, "node_id": self.node.config.node_id,
+                        "applied_seq": self.node.store.applied_seq})
+
+
+class LogHandler(BaseHandler):
+    """Internal: entries after a sequence number, for followers catching up."""
+
+    def get(self) -> None:
+        self.check_secret()
+        if self.node.role != "leader":
+            raise ApiError(403, f"only the leader serves /log; ask {self.node.config.leader}")
+        after = self._int_arg("after", 0)
+        upto = self._int_arg("upto", None)
+        limit = self._int_arg("limit", 1000)
+        if limit < 1 or limit > 10_000:
+            raise ApiError(400, f"limit={limit} is out of range 1..10000")
+        node_id = self.get_query_argument("node_id", "")
+        if node_id:
+            self.node.note_follower_pull(node_id, after)
+        entries = self.node.entries_between(after, upto, limit)
+        self.send_json({"entries": [e.to_dict() for e in entries], "last_seq": self.node.last_seq})
+
+    def _int_arg(self, name: str, default: int | None) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, f"query parameter {name}={raw!r} is not an integer") from None
+        if value < 0:
+            raise ApiError(400, f"query parameter {name}={value} must be >= 0")
+        return value
+
+
+class OpenApiHandler(BaseHandler):
+    """The client API's OpenAPI 3 description, as kept in the repository."""
+
+    def get(self) -> None:
+        with open(OPENAPI_PATH, "rb") as f:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(f.read())

@@ -1,0 +1,133 @@
+"""The leader: the only node that accepts writes.
+
+A write becomes a log entry with the next sequence number (no gaps, never reused: a restarted
+leader continues after the last entry of its log), is appended to the leader's log, applied to
+its state, and pushed to every follower. The client's answer waits for ``WRITE_QUORUM``
+follower confirmations and for the leader's own log to be durable, whichever is later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from node.config import Config
+from node.log import Entry, LogFile
+from node.quorum import FollowerProgress, QuorumTimeout, QuorumTracker
+from node.replication import Replicator
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LeaderLogError(Exception):
+    """The leader's own log is not a gap-free sequence 1..n."""
+
+
+@dataclass
+class WriteOutcome:
+    entry: Entry
+    confirmations: int
+    delays_ms: dict[str, float]
+
+
+class WriteTimeout(QuorumTimeout):
+    """A quorum timeout that also carries the delays drawn for the entry."""
+
+    def __init__(self, timeout: QuorumTimeout, delays_ms: dict[str, float]):
+        super().__init__(timeout.seq, timeout.confirmations, timeout.quorum, timeout.timeout_ms)
+        self.delays_ms = delays_ms
+
+
+class Leader:
+    role = "leader"
+
+    def __init__(self, config: Config, log_file: LogFile, entries: list[Entry]) -> None:
+        self.config = config
+        self.log = log_file
+        self.store = Store()
+        self.entries: list[Entry] = []  # entries[i].seq == i + 1
+        for entry in entries:
+            if entry.seq != len(self.entries) + 1:
+                raise LeaderLogError(
+                    f"leader log {log_file.path} jumps from seq {len(self.entries)} to {entry.seq}; "
+                    f"a leader log must hold every entry from 1 in order"
+                )
+            self.entries.append(entry)
+            self.store.apply(entry)
+        self.tracker = QuorumTracker(config.write_quorum)
+        self.progress = {address: FollowerProgress(address) for address in config.followers}
+        self.replicator = Replicator(
+            self.progress, config.min_delay_ms, config.max_delay_ms,
+            config.replication_secret, self.tracker.confirm,
+        )
+        if self.entries:
+            log.info("replayed %d entries from %s; numbering continues at %d",
+                     len(self.entries), log_file.path, self.last_seq + 1)
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.entries)
+
+    def start(self) -> None:
+        """Nothing to start: followers pull what they missed, the leader pushes new entries."""
+
+    async def submit(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
+        """Log, apply and replicate one operation; return once the quorum confirmed it."""
+        entry = Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=time.time())
+        # No await between numbering and appending: entries reach the log in seq order.
+        self.log.append(entry)
+        self.entries.append(entry)
+        self.store.apply(entry)
+        quorum_reached = self.tracker.expect(entry.seq)
+        delays = self.replicator.replicate(entry)
+        durable = asyncio.ensure_future(self.log.sync())
+        try:
+            confirmations = await self.tracker.wait(entry.seq, quorum_reached, self.config.write_timeout_ms)
+        except QuorumTimeout as timeout:
+            raise WriteTimeout(timeout, delays) from None
+        finally:
+            await durable
+        return WriteOutcome(entry, confirmations, delays)
+
+    def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
+        """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""
+        end = self.last_seq if upto is None else min(upto, self.last_seq)
+        return self.entries[max(after, 0):max(end, 0)][:limit]
+
+    def note_follower_pull(self, node_id: str, applied_seq: int) -> None:
+        for progress in self.progress.values():
+            if progress.node_id == node_id:
+                progress.reported_applied(applied_seq)
+
+    def status(self) -> dict:
+        followers = {
+            address: {
+                "node_id": p.node_id,
+                "acked_seq": p.match,
+                "lag": self.last_seq - p.match,
+                "last_error": p.last_error,
+            }
+            for address, p in self.progress.items()
+        }
+        return {
+            "role": self.role,
+            "node_id": self.config.node_id,
+            "last_seq": self.last_seq,
+            "applied_seq": self.store.applied_seq,
+            "keys": len(self.store.keys()),
+            "write_quorum": self.config.write_quorum,
+            "min_delay_ms": self.config.min_delay_ms,
+            "max_delay_ms": self.config.max_delay_ms,
+            "write_timeout_ms": self.config.write_timeout_ms,
+            "fsync": self.config.fsync,
+            "replications_in_flight": len(self.replicator.sends),
+            "followers": followers,
+        }
+
+    async def close(self) -> None:
+        await self.replicator.close()
+        self.log.close()

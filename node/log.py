@@ -1,0 +1,234 @@
+"""The replication log: an append-only file of checksummed entries, one per line.
+
+File layout::
+
+    #kvlog 1\\n                         header: format name and version
+    3a1f09c2 {"key":"x","op":"set",...}\\n   CRC-32 of the JSON bytes, a space, the JSON
+
+The leader's log holds entries in sequence order. A follower's log holds them in the order
+they *arrived* (each send has its own random delay, so arrival order is not sequence order);
+every record carries its sequence number, so the state is rebuilt by sorting on replay.
+
+Crash safety: a record is written with one ``write()`` and made durable by ``fsync``. A crash
+mid-write leaves at most one torn record at the end of the file; replay drops it with a
+warning and truncates it away (the entry is fetched again from the leader). A bad record
+anywhere else is real damage: replay stops with :class:`LogCorruptError` naming file and
+offset, because serving from a log with a hole in its middle would silently lose writes.
+
+Durability is a policy (``FSYNC``): ``always`` syncs for every waiter, ``batch`` lets every
+entry that arrived while a sync was running share the next one (group commit), ``off`` leaves
+it to the OS. Syncs run in a thread so the event loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+HEADER = b"#kvlog 1\n"
+OPS = ("set", "delete", "clear")
+LOG_FILE_NAME = "replication.log"
+
+
+class LogCorruptError(Exception):
+    """A record in the middle of a log fails its checksum or cannot be parsed."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path, self.offset, self.reason = path, offset, reason
+        super().__init__(
+            f"log {path} is damaged at byte offset {offset}: {reason}. The node will not serve "
+            f"from a damaged log; move the file aside (e.g. mv {path} {path}.damaged) and restart: "
+            f"a follower then fetches every entry again from the leader"
+        )
+
+
+class EntryError(ValueError):
+    """An entry received over the network is malformed."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One replicated operation. ``seq`` orders it; ``ts`` is informational only."""
+
+    seq: int
+    op: str
+    key: str | None
+    value: Any
+    ts: float
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "op": self.op, "key": self.key, "value": self.value, "ts": self.ts}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Entry":
+        """Build an entry from untrusted JSON, rejecting anything malformed."""
+        if not isinstance(data, dict):
+            raise EntryError("an entry must be a JSON object")
+        missing = {"seq", "op", "key", "value", "ts"} - data.keys()
+        if missing:
+            raise EntryError(f"entry lacks field(s): {', '.join(sorted(missing))}")
+        seq, op, key, ts = data["seq"], data["op"], data["key"], data["ts"]
+        if type(seq) is not int or seq < 1:
+            raise EntryError(f"entry seq must be an integer >= 1, got {seq!r}")
+        if op not in OPS:
+            raise EntryError(f"entry op must be one of {', '.join(OPS)}, got {op!r}")
+        if op != "clear" and (not isinstance(key, str) or not key):
+            raise EntryError(f"entry key must be a non-empty string for op {op!r}")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            raise EntryError(f"entry ts must be a number, got {ts!r}")
+        return cls(seq=seq, op=op, key=key, value=data["value"], ts=float(ts))
+
+
+def encode_record(entry: Entry) -> bytes:
+    body = json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _decode_record(line: bytes) -> Entry:
+    """Parse one record line (without its newline); raise ValueError when damaged."""
+    crc_hex, sep, body = line.partition(b" ")
+    if not sep or len(crc_hex) != 8:
+        raise ValueError("record has no checksum field")
+    if int(crc_hex, 16) != zlib.crc32(body):
+        raise ValueError("checksum mismatch")
+    try:
+        return Entry.from_dict(json.loads(body))
+    except (json.JSONDecodeError, UnicodeDecodeError, EntryError) as exc:
+        raise ValueError(f"record does not parse: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    entry: Entry
+
+
+def scan(path: str) -> tuple[list[Record], int, str | None]:
+    """Read every record of a log file.
+
+    Returns ``(records, good_end, torn_reason)``: ``good_end`` is the byte offset after the
+    last good record; ``torn_reason`` says why the tail after it was dropped (None if clean).
+    Raises LogCorruptError for damage before the last record.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(HEADER):
+        if HEADER.startswith(data):  # crashed while writing the header itself
+            return [], 0, "incomplete header"
+        raise LogCorruptError(path, 0, f"missing header {HEADER!r}; not a kvlog version 1 file")
+    records: list[Record] = []
+    offset = len(HEADER)
+    while offset < len(data):
+        end = data.find(b"\n", offset)
+        if end == -1:
+            return records, offset, "last record has no end of line (torn write)"
+        try:
+            records.append(Record(offset, _decode_record(data[offset:end])))
+        except ValueError as exc:
+            if end + 1 == len(data):
+                return records, offset, f"last record is damaged ({exc})"
+            raise LogCorruptError(path, offset, str(exc)) from None
+        offset = end + 1
+    return records, offset, None
+
+
+def iter_entries(path: str) -> Iterator[Entry]:
+    records, _, _ = scan(path)
+    return (r.entry for r in records)
+
+
+class LogFile:
+    """An open log: appends records and makes them durable according to the fsync policy.
+
+        log, entries = LogFile.open("data/leader", "batch")
+        log.append(entry)          # written to the OS at once, on the event loop
+        await log.sync()           # durable once this returns (group commit under "batch")
+    """
+
+    def __init__(self, path: str, fsync: str, file) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._file = file
+        self._appended = 0  # records appended since open
+        self._synced = 0  # records known durable
+        self._sync_task: asyncio.Task | None = None
+        self._always_lock = asyncio.Lock()
+
+    @classmethod
+    def open(cls, data_dir: str, fsync: str) -> tuple["LogFile", list[Entry]]:
+        """Open (or create) the log in ``data_dir`` and return it with the entries it holds."""
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, LOG_FILE_NAME)
+        records: list[Record] = []
+        good_end = 0
+        if os.path.exists(path):
+            records, good_end, torn = scan(path)
+            if torn:
+                log.warning("log %s: dropping torn tail at offset %d: %s", path, good_end, torn)
+        f = open(path, "r+b" if os.path.exists(path) else "w+b")
+        if good_end == 0:
+            f.truncate(0)
+            f.write(HEADER)
+            good_end = len(HEADER)
+        f.truncate(good_end)
+        f.seek(good_end)
+        f.flush()
+        os.fsync(f.fileno())
+        _fsync_dir(data_dir)
+        return cls(path, fsync, f), [r.entry for r in records]
+
+    def append(self, entry: Entry) -> None:
+        """Hand one record to the OS in a single write; call :meth:`sync` to make it durable."""
+        self._file.write(encode_record(entry))
+        self._file.flush()
+        self._appended += 1
+
+    async def sync(self) -> None:
+        """Return once every record appended before this call is durable under the policy."""
+        if self.fsync == "off":
+            return
+        if self.fsync == "always":
+            async with self._always_lock:
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._file.fileno())
+            return
+        target = self._appended
+        while self._synced < target:
+            if self._sync_task is None:
+                self._sync_task = asyncio.ensure_future(self._group_sync())
+            await asyncio.shield(self._sync_task)
+
+    async def _group_sync(self) -> None:
+        """One fsync covering every record appended so far (group commit)."""
+        try:
+            covered = self._appended
+            await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._file.fileno())
+            self._synced = max(self._synced, covered)
+        finally:
+            self._sync_task = None
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a newly created file's directory entry durable too."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,48 @@
+"""The visible key-value state, changed only by applying log entries in sequence order.
+
+Both roles keep one :class:`Store`. It never invents an order of its own: the leader's
+sequence numbers decide, so a replica that applied entries 1..n holds exactly the state the
+leader had after entry n (consistent prefix), never a mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.log import Entry
+
+
+class Store:
+    """Key -> (value, seq of the entry that last set it), plus the last applied seq.
+
+        store = Store()
+        store.apply(Entry(seq=1, op="set", key="x", value=1, ts=0.0))
+        store.get("x")   # (1, 1)
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[Any, int]] = {}
+        self.applied_seq = 0
+
+    def apply(self, entry: Entry) -> None:
+        if entry.seq != self.applied_seq + 1:
+            raise ValueError(f"entry seq {entry.seq} applied after {self.applied_seq}: sequence order broken")
+        if entry.op == "set":
+            self._data[entry.key] = (entry.value, entry.seq)
+        elif entry.op == "delete":
+            self._data.pop(entry.key, None)
+        else:
+            self._data.clear()
+        self.applied_seq = entry.seq
+
+    def get(self, key: str) -> tuple[Any, int] | None:
+        return self._data.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def keys(self) -> list[str]:
+        return sorted(self._data)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {key: self._data[key][0] for key in sorted(self._data)}

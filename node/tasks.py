@@ -1,0 +1,46 @@
+"""Background tasks that are kept alive and never fail silently.
+
+asyncio holds only a weak reference to a task, so a fire-and-forget ``create_task`` may be
+collected mid-flight; and an exception in a task nobody awaits vanishes. Every background
+coroutine of a node goes through :class:`TaskGroup` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Coroutine
+
+log = logging.getLogger(__name__)
+
+
+class TaskGroup:
+    """A set of running tasks with a strong reference each and a log line for every failure."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task failed", self.name, exc_info=task.exception())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait_idle(self) -> None:
+        """Wait until every task (including ones spawned meanwhile) has finished."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
