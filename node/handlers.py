@@ -54,9 +54,16 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def validate_key(key: Any) -> str:
     if not isinstance(key, str):
-        raise ApiError(400, f"'key' must be a string, got {type(key).__name__}")
+        raise ApiError(400, f"'key' must be a string, got {json_type(key)}")
     if not key:
         raise ApiError(400, "'key' must not be empty")
     try:
@@ -100,7 +107,7 @@ class BaseHandler(RequestHandler):
     def json_object(self, allowed: set[str]) -> dict:
         body = self.json_body()
         if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+            raise ApiError(400, f"request body must be a JSON object, got {json_type(body)}")
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+
+import pytest
+
+from node.config import ConfigError, load_config
+
+LEADER = {"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3,d:4,e:5"}
+FOLLOWER = {"ROLE": "follower", "NODE_ID": "f1", "LEADER": "leader:8000"}
+
+
+def test_leader_defaults_follow_the_seed():
+    cfg = load_config(LEADER)
+    assert (cfg.port, cfg.write_quorum, cfg.min_delay_ms, cfg.max_delay_ms) == (8000, 2, 0, 1000)
+    assert cfg.followers == ("a:1", "b:2", "c:3", "d:4", "e:5")
+    assert cfg.fsync == "batch"
+
+
+def test_follower_defaults():
+    cfg = load_config(FOLLOWER)
+    assert (cfg.port, cfg.leader, cfg.node_id) == (8001, "leader:8000", "f1")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "ROLE is not set"),
+        ({"ROLE": "boss"}, "ROLE='boss' is not allowed; use one of leader, follower"),
+        ({**LEADER, "WRITE_QUORUM": "0"}, "WRITE_QUORUM=0 is out of range 1..5 (number of followers in FOLLOWERS is 5)"),
+        ({**LEADER, "WRITE_QUORUM": "7"}, "WRITE_QUORUM=7 is out of range 1..5"),
+        ({**LEADER, "WRITE_QUORUM": "two"}, "WRITE_QUORUM='two' is not an integer"),
+        ({**LEADER, "MIN_DELAY": "-1"}, "MIN_DELAY=-1 is out of range 0..600000 ms"),
+        ({**LEADER, "MIN_DELAY": "500", "MAX_DELAY": "100"}, "MAX_DELAY=100 is below MIN_DELAY=500"),
+        ({**LEADER, "WRITE_TIMEOUT": "0"}, "WRITE_TIMEOUT=0 is out of range"),
+        ({"ROLE": "leader"}, "FOLLOWERS is not set"),
+        ({"ROLE": "leader", "FOLLOWERS": "a:1,a:1"}, "lists an address twice"),
+        ({"ROLE": "leader", "FOLLOWERS": "nohost"}, "FOLLOWERS='nohost' is not a host:port address"),
+        ({"ROLE": "leader", "FOLLOWERS": " , "}, "lists no address"),
+        ({**FOLLOWER, "LEADER": ""}, "LEADER is not set"),
+        ({**FOLLOWER, "LEADER": "leader:99999"}, "LEADER='leader:99999' is not a host:port address"),
+        ({**FOLLOWER, "PORT": "0"}, "PORT=0 is out of range 1..65535"),
+        ({**FOLLOWER, "FSYNC": "sometimes"}, "FSYNC='sometimes' is not allowed; use one of always, batch, off"),
+        ({**FOLLOWER, "MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES=10 is out of range"),
+        ({**FOLLOWER, "CATCHUP_INTERVAL": "1"}, "CATCHUP_INTERVAL=1 is out of range"),
+    ],
+)
+def test_invalid_settings_name_variable_value_and_range(env, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(env)
+    assert message in str(err.value)
+
+
+def test_quorum_range_follows_the_number_of_followers():
+    assert load_config({"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "3"}).write_quorum == 3
+    with pytest.raises(ConfigError, match=r"WRITE_QUORUM=4 is out of range 1..3"):
+        load_config({"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "4"})
+
+
+def test_node_refuses_to_start_with_one_line_naming_the_variable(tmp_path):
+    env = {"ROLE": "leader", "FOLLOWERS": "a:1", "WRITE_QUORUM": "3", "DATA_DIR": str(tmp_path), "PATH": ""}
+    result = subprocess.run([sys.executable, "-m", "node"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["config error: WRITE_QUORUM=3 is out of range 1..1 (number of followers in FOLLOWERS is 1)"]

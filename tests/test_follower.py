@@ -1,0 +1,81 @@
+"""The follower's ordering rules, without HTTP: durable on arrival, applied in sequence order."""
+
+import pytest
+
+from node.config import load_config
+from node.follower import EntryConflict, Follower
+from node.log import Entry, LogFile, iter_entries
+
+
+def entry(seq, key=None, value=None, op="set"):
+    return Entry(seq=seq, op=op, key=key or f"k{seq}", value=value if value is not None else seq, ts=float(seq))
+
+
+def make_follower(tmp_path):
+    config = load_config({"ROLE": "follower", "NODE_ID": "f1", "LEADER": "127.0.0.1:1", "DATA_DIR": str(tmp_path)})
+    log, entries = LogFile.open(config.data_dir, config.fsync)
+    return Follower(config, log, entries)
+
+
+@pytest.mark.gen_test
+async def test_early_entry_is_durable_but_waits_for_its_predecessors(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive(entry(3))
+    await follower.receive(entry(2))
+    assert follower.store.applied_seq == 0 and follower.store.keys() == []
+    assert [e.seq for e in iter_entries(follower.log.path)] == [3, 2]  # arrival order on disk
+    await follower.receive(entry(1))
+    assert follower.store.applied_seq == 3
+    assert follower.store.snapshot() == {"k1": 1, "k2": 2, "k3": 3}
+
+
+@pytest.mark.gen_test
+async def test_state_is_always_a_prefix_the_leader_had(tmp_path):
+    follower = make_follower(tmp_path)
+    ops = [entry(1, "x", "a"), entry(2, "x", "b"), entry(3, "x", op="delete", value=None), entry(4, "x", "c")]
+    leader_states = [{"x": "a"}, {"x": "b"}, {}, {"x": "c"}]
+    seen = []
+    for e in [ops[3], ops[1], ops[0], ops[2]]:
+        await follower.receive(e)
+        seen.append(follower.store.snapshot())
+    assert all(state in [{}] + leader_states for state in seen)
+    assert seen[-1] == {"x": "c"}
+
+
+@pytest.mark.gen_test
+async def test_duplicate_delivery_is_harmless(tmp_path):
+    follower = make_follower(tmp_path)
+    for e in [entry(1), entry(2), entry(1), entry(2), entry(2)]:
+        await follower.receive(e)
+    assert follower.store.applied_seq == 2
+    assert [e.seq for e in iter_entries(follower.log.path)] == [1, 2]
+
+
+@pytest.mark.gen_test
+async def test_different_entry_under_a_held_seq_is_a_conflict(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive(entry(2, "a", 1))
+    with pytest.raises(EntryConflict, match="seq 2 already holds"):
+        await follower.receive(entry(2, "a", 999))
+
+
+@pytest.mark.gen_test
+async def test_clear_applies_in_order(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive(Entry(2, "clear", None, None, 2.0))
+    await follower.receive(entry(3, "after"))
+    await follower.receive(entry(1, "before"))
+    assert follower.store.snapshot() == {"after": 3}
+
+
+@pytest.mark.gen_test
+async def test_restart_rebuilds_state_from_an_arrival_order_log(tmp_path):
+    follower = make_follower(tmp_path)
+    for seq in [2, 4, 1, 5]:
+        await follower.receive(entry(seq))
+    await follower.close()
+    again = make_follower(tmp_path)
+    assert again.store.applied_seq == 2 and sorted(again.pending) == [4, 5]
+    await again.receive(entry(3))
+    assert again.store.applied_seq == 5
+    await again.close()

@@ -1,0 +1,107 @@
+"""Every bad request gets a 4xx JSON error that says what was wrong, and changes nothing."""
+
+import dataclasses
+import json
+
+import pytest
+
+from node.app import make_app, open_node
+from node.config import load_config
+
+
+@pytest.fixture
+def node(tmp_path):
+    config = load_config({"ROLE": "leader", "FOLLOWERS": "127.0.0.1:9", "DATA_DIR": str(tmp_path),
+                          "MAX_BODY_BYTES": "2048", "WRITE_TIMEOUT": "50", "MIN_DELAY": "0", "MAX_DELAY": "0"})
+    return open_node(config)
+
+
+@pytest.fixture
+def app(node):
+    return make_app(node)
+
+
+async def call(http_client, base_url, method, path, body=None):
+    response = await http_client.fetch(base_url + path, method=method, body=body, raise_error=False,
+                                       allow_nonstandard_methods=True)
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.code, json.loads(response.body)
+
+
+BAD_WRITES = [
+    (b"", 400, "request body is empty"),
+    (b"{", 400, "not valid JSON"),
+    (b'{"key": "a", "value": 1', 400, "not valid JSON"),
+    (b"[1, 2]", 400, "must be a JSON object, got array"),
+    (b'"text"', 400, "must be a JSON object, got string"),
+    (b"null", 400, "must be a JSON object, got null"),
+    (b'{"value": 1}', 400, "'key' must be a string, got null"),
+    (b'{"key": 5, "value": 1}', 400, "'key' must be a string, got number"),
+    (b'{"key": "", "value": 1}', 400, "'key' must not be empty"),
+    (b'{"key": "a"}', 400, "'value' is missing"),
+    (b'{"key": "a", "value": 1, "ttl": 5}', 400, "unknown field(s) 'ttl'"),
+    (b'{"key": "a", "value": NaN}', 400, "NaN is not valid JSON"),
+    (b'{"key": "a", "value": Infinity}', 400, "Infinity is not valid JSON"),
+    (b'{"key": "\\ud800", "value": 1}', 400, "unpaired surrogate"),
+    (b'{"key": "' + b"k" * 1025 + b'", "value": 1}', 400, "the limit is 1024 bytes"),
+    (b"\xff\xfe", 400, "not valid UTF-8"),
+    (b"[" * 100000 + b"]" * 100000, 413, "exceeds MAX_BODY_BYTES=2048"),
+    (b'{"key": "a", "value": "' + b"v" * 3000 + b'"}', 413, "exceeds MAX_BODY_BYTES=2048"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD_WRITES)
+@pytest.mark.gen_test
+async def test_bad_write_is_rejected_and_changes_nothing(http_client, base_url, node, body, status, message):
+    code, answer = await call(http_client, base_url, "POST", "/write", body)
+    assert (code, message in answer["error"]) == (status, True), answer
+    assert node.last_seq == 0 and node.store.keys() == []
+
+
+@pytest.mark.gen_test
+async def test_deeply_nested_value_is_rejected(http_client, base_url, node):
+    node.config = dataclasses.replace(node.config, max_body_bytes=1 << 20)
+    body = b'{"key": "a", "value": ' + b"[" * 50000 + b"]" * 50000 + b"}"
+    code, answer = await call(http_client, base_url, "POST", "/write", body)
+    assert code == 400 and "nested too deeply" in answer["error"]
+    assert node.last_seq == 0
+
+
+@pytest.mark.parametrize(
+    "method, path, status, message",
+    [
+        ("GET", "/nowhere", 404, "no endpoint at /nowhere"),
+        ("GET", "/write", 405, "method GET is not allowed on /write; allowed: POST"),
+        ("POST", "/clear", 405, "allowed: DELETE"),
+        ("PUT", "/read/a", 405, "allowed: GET"),
+        ("BREW", "/all", 405, "method BREW is not allowed"),
+        ("GET", "/read/missing", 404, "key 'missing' not found"),
+        ("DELETE", "/delete/missing", 404, "nothing to delete"),
+        ("GET", "/log?after=x", 400, "after='x' is not an integer"),
+        ("GET", "/log?limit=0", 400, "limit=0 is out of range"),
+        ("POST", "/replicate", 403, "only followers accept /replicate"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_wrong_path_method_or_argument(http_client, base_url, node, method, path, status, message):
+    body = b"{}" if method in ("POST", "PUT", "BREW") else None
+    code, answer = await call(http_client, base_url, method, path, body)
+    assert code == status and message in answer["error"], answer
+    assert node.last_seq == 0
+
+
+@pytest.mark.gen_test
+async def test_absent_key_reads_as_not_found(http_client, base_url):
+    code, answer = await call(http_client, base_url, "GET", "/read/nope")
+    assert code == 404 and answer["found"] is False and answer["key"] == "nope"
+
+
+@pytest.mark.gen_test
+async def test_unreachable_followers_time_out_with_counts(http_client, base_url, node):
+    code, answer = await call(http_client, base_url, "POST", "/write", b'{"key": "a", "value": 1}')
+    assert code == 504
+    assert answer["confirmations"] == 0 and answer["quorum"] == 1 and answer["success"] is False
+    assert "0 of 1 required" in answer["error"] and "stays in the leader's log" in answer["error"]
+    # The entry is logged and applied on the leader and keeps replicating in the background.
+    assert node.last_seq == 1 and node.store.get("a") == (1, 1)
+    await node.replicator.close()

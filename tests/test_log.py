@@ -1,0 +1,119 @@
+import asyncio
+import os
+
+import pytest
+
+from node.log import HEADER, LOG_FILE_NAME, Entry, LogCorruptError, LogFile, encode_record, scan
+
+
+def entry(seq, key="k", value=None, op="set"):
+    return Entry(seq=seq, op=op, key=key, value=value if value is not None else seq, ts=1000.0 + seq)
+
+
+def write_log(tmp_path, entries, tail=b""):
+    path = tmp_path / LOG_FILE_NAME
+    path.write_bytes(HEADER + b"".join(encode_record(e) for e in entries) + tail)
+    return path
+
+
+def test_append_then_reopen_replays_everything(tmp_path):
+    log, entries = LogFile.open(str(tmp_path), "batch")
+    assert entries == []
+    written = [entry(1), entry(2, value={"nested": [1, "ü"]}), entry(3, op="delete", value=None), Entry(4, "clear", None, None, 9.5)]
+    for e in written:
+        log.append(e)
+    log.close()
+    _, replayed = LogFile.open(str(tmp_path), "batch")
+    assert replayed == [Entry(1, "set", "k", 1, 1001.0), written[1], Entry(3, "delete", "k", 3, 1003.0), written[3]]
+
+
+def test_file_starts_with_versioned_header(tmp_path):
+    log, _ = LogFile.open(str(tmp_path), "off")
+    log.append(entry(1))
+    log.close()
+    assert (tmp_path / LOG_FILE_NAME).read_bytes().startswith(b"#kvlog 1\n")
+
+
+@pytest.mark.parametrize("cut", [1, 5, 12, -2, -1])
+def test_torn_last_record_is_dropped_and_truncated(tmp_path, cut):
+    full = encode_record(entry(3))
+    path = write_log(tmp_path, [entry(1), entry(2)], tail=full[:cut])
+    log, entries = LogFile.open(str(tmp_path), "batch")
+    assert [e.seq for e in entries] == [1, 2]
+    log.append(entry(3))
+    log.close()
+    assert [e.seq for e in LogFile.open(str(tmp_path), "batch")[1]] == [1, 2, 3]
+    assert path.read_bytes().endswith(full)
+
+
+def test_damaged_last_record_with_newline_counts_as_torn(tmp_path):
+    bad = bytearray(encode_record(entry(2)))
+    bad[15] ^= 0x01
+    write_log(tmp_path, [entry(1)], tail=bytes(bad))
+    _, entries = LogFile.open(str(tmp_path), "batch")
+    assert [e.seq for e in entries] == [1]
+
+
+def test_corrupt_middle_record_names_file_and_offset(tmp_path):
+    path = write_log(tmp_path, [entry(1), entry(2), entry(3)])
+    data = bytearray(path.read_bytes())
+    second = len(HEADER) + len(encode_record(entry(1)))
+    data[second + 20] ^= 0x20  # flip one bit inside record 2's JSON
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogCorruptError) as err:
+        LogFile.open(str(tmp_path), "batch")
+    assert err.value.offset == second
+    assert str(path) in str(err.value) and f"offset {second}" in str(err.value)
+    assert "checksum mismatch" in str(err.value)
+
+
+def test_file_without_header_is_rejected(tmp_path):
+    (tmp_path / LOG_FILE_NAME).write_bytes(b"hello world\n")
+    with pytest.raises(LogCorruptError, match="missing header"):
+        LogFile.open(str(tmp_path), "batch")
+
+
+def test_scan_reports_records_with_offsets(tmp_path):
+    path = write_log(tmp_path, [entry(5), entry(2)])
+    records, end, torn = scan(str(path))
+    assert [r.entry.seq for r in records] == [5, 2]
+    assert records[0].offset == len(HEADER) and end == os.path.getsize(path) and torn is None
+
+
+@pytest.mark.gen_test
+async def test_batch_policy_groups_concurrent_syncs(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    log, _ = LogFile.open(str(tmp_path), "batch")
+    calls.clear()
+
+    async def append_and_sync(seq):
+        log.append(entry(seq))
+        await log.sync()
+
+    await asyncio.gather(*(append_and_sync(s) for s in range(1, 51)))
+    assert 1 <= len(calls) < 50  # 50 durable entries, far fewer syncs
+    log.close()
+
+
+@pytest.mark.gen_test
+async def test_always_policy_syncs_every_waiter(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    log, _ = LogFile.open(str(tmp_path), "always")
+    calls.clear()
+    for seq in range(1, 6):
+        log.append(entry(seq))
+        await log.sync()
+    assert len(calls) == 5
+
+
+@pytest.mark.gen_test
+async def test_off_policy_never_syncs(tmp_path, monkeypatch):
+    log, _ = LogFile.open(str(tmp_path), "off")
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    log.append(entry(1))
+    await log.sync()
+    assert calls == []

@@ -1,0 +1,127 @@
+"""Leader and five followers on one event loop: quorum, convergence, catch-up, refusal."""
+
+import asyncio
+
+import pytest
+
+from node.log import iter_entries
+
+
+def seqs_in_log(cluster, name):
+    return {e.seq for e in iter_entries(cluster.nodes[name].log.path)}
+
+
+@pytest.mark.parametrize("quorum", [1, 3, 5])
+@pytest.mark.gen_test(timeout=60)
+async def test_acknowledged_write_is_already_durable_on_w_followers(make_cluster, quorum):
+    async with make_cluster(WRITE_QUORUM=str(quorum), MIN_DELAY="0", MAX_DELAY="50") as cluster:
+        answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(20)))
+        # Checked the moment all answers are in, before anything else runs on the loop.
+        for answer in answers:
+            holders = [f for f in cluster.follower_names if answer["seq"] in seqs_in_log(cluster, f)]
+            assert answer["confirmations"] >= quorum and len(holders) >= quorum, (answer, holders)
+            assert answer["quorum"] == quorum
+        await cluster.settled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sequence_numbers_are_gap_free_under_concurrency(make_cluster):
+    async with make_cluster(MAX_DELAY="30") as cluster:
+        answers = await asyncio.gather(*(cluster.write(f"k{i % 7}", i) for i in range(60)))
+        assert sorted(a["seq"] for a in answers) == list(range(1, 61))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_follower_equals_the_leader_once_settled(make_cluster):
+    async with make_cluster(WRITE_QUORUM="1", MAX_DELAY="80") as cluster:
+        await asyncio.gather(*(cluster.write(f"k{i % 10}", i) for i in range(50)))
+        await cluster.request("leader", "DELETE", "/delete/k3")
+        await cluster.write("after-delete", True)
+        await cluster.settled()
+        _, leader_all = await cluster.request("leader", "GET", "/all")
+        assert "k3" not in leader_all["data"]
+        for name in cluster.follower_names:
+            status, answer = await cluster.request(name, "GET", "/all")
+            assert status == 200 and answer["data"] == leader_all["data"]
+            assert answer["applied_seq"] == leader_all["applied_seq"] == 52
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_clear_replicates_to_every_follower(make_cluster):
+    async with make_cluster(MAX_DELAY="20") as cluster:
+        await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(10)))
+        status, answer = await cluster.request("leader", "DELETE", "/clear")
+        assert status == 200 and answer["op"] == "clear" and answer["seq"] == 11
+        await cluster.settled()
+        for name in cluster.nodes:
+            assert (await cluster.request(name, "GET", "/keys"))[1]["keys"] == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_writes_to_a_follower_are_refused_naming_the_leader(make_cluster):
+    async with make_cluster() as cluster:
+        await cluster.write("k", "v")
+        await cluster.settled()
+        for method, path, body in [("POST", "/write", {"key": "k", "value": "x"}),
+                                   ("DELETE", "/delete/k", None), ("DELETE", "/clear", None)]:
+            status, answer = await cluster.request("follower2", method, path, body)
+            assert status == 403 and answer["leader"] == cluster.address("leader")
+            assert cluster.address("leader") in answer["error"]
+        for name in cluster.nodes:
+            assert (await cluster.request(name, "GET", "/read/k"))[1]["value"] == "v"
+        assert cluster.nodes["leader"].last_seq == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_down_follower_does_not_delay_writes_and_catches_up_after_restart(make_cluster):
+    async with make_cluster(WRITE_QUORUM="4", MAX_DELAY="20") as cluster:
+        await cluster.write("before", 1)
+        await cluster.settled()
+        await cluster.stop("follower3")
+        answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(15)))
+        assert all(a["confirmations"] >= 4 for a in answers)
+        await cluster.start("follower3")  # same data directory: replays, then pulls what it missed
+        await cluster.settled()
+        leader_log = [e for e in iter_entries(cluster.nodes["leader"].log.path)]
+        follower_log = {e.seq: e for e in iter_entries(cluster.nodes["follower3"].log.path)}
+        assert {e.seq: e for e in leader_log} == follower_log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_quorum_of_five_times_out_with_a_follower_down_and_keeps_replicating(make_cluster):
+    async with make_cluster(WRITE_QUORUM="5", MAX_DELAY="10", WRITE_TIMEOUT="300") as cluster:
+        await cluster.stop("follower5")
+        status, answer = await cluster.request("leader", "POST", "/write", {"key": "k", "value": 1})
+        assert status == 504 and answer["confirmations"] == 4 and answer["quorum"] == 5
+        assert "4 of 5 required" in answer["error"]
+        await cluster.start("follower5")
+        await cluster.settled()
+        assert (await cluster.request("follower5", "GET", "/read/k"))[1]["value"] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_restarted_leader_continues_numbering_and_followers_accept_new_writes(make_cluster):
+    async with make_cluster(MAX_DELAY="10") as cluster:
+        for i in range(5):
+            await cluster.write(f"k{i}", i)
+        await cluster.stop("leader")
+        await cluster.start("leader")
+        assert (await cluster.request("leader", "GET", "/read/k4"))[1]["value"] == 4
+        answer = await cluster.write("new", "after restart")
+        assert answer["seq"] == 6
+        await cluster.settled()
+        for name in cluster.follower_names:
+            assert (await cluster.request(name, "GET", "/read/new"))[1]["value"] == "after restart"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_status_reports_progress_and_lag(make_cluster):
+    async with make_cluster(WRITE_QUORUM="5", MAX_DELAY="5") as cluster:
+        for i in range(3):
+            await cluster.write(f"k{i}", i)
+        _, leader = await cluster.request("leader", "GET", "/status")
+        assert leader["role"] == "leader" and leader["last_seq"] == 3
+        assert all(f["acked_seq"] == 3 and f["lag"] == 0 for f in leader["followers"].values())
+        await cluster.settled()
+        _, follower = await cluster.request("follower1", "GET", "/status")
+        assert follower["role"] == "follower" and follower["applied_seq"] == 3 and follower["received_seq"] == 3
