@@ -1,0 +1,52 @@
+# Verbs for a fresh machine:  make up  (cluster in Docker)   make test  (whole suite)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up down clean logs ps test unit run analysis lint venv
+
+## Docker Compose cluster: prepares the base image and wheels when missing, builds, waits healthy.
+up:
+	$(PYTHON) -m node.compose up
+
+down:
+	$(PYTHON) -m node.compose down
+
+## Also drops the six log volumes.
+clean:
+	$(PYTHON) -m node.compose clean
+
+logs:
+	$(PYTHON) -c "from node.compose import Compose; Compose().run('logs', '--tail', '50')"
+
+ps:
+	$(PYTHON) -c "from node.compose import Compose; Compose().run('ps')"
+
+## Virtual environment with the package, its test and analysis extras.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23"
+	$(PY) -m pip install --quiet -e '.[test,analysis,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The whole suite: unit, in-process, local cluster, Docker end-to-end and fault tests.
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Fast tests only (no Docker, no local cluster processes).
+unit: $(STAMP)
+	$(PY) -m pytest -m "not docker and not cluster"
+
+## The six nodes as local processes on 127.0.0.1:8000..8005 (no Docker).
+run: $(STAMP)
+	$(PY) -m node.cluster
+
+## The write-quorum study against the compose cluster (see python -m analysis --help).
+analysis: $(STAMP)
+	$(PY) -m analysis
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

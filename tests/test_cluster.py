@@ -1,0 +1,111 @@
+"""The local six-process cluster (`python -m node.cluster`): the same nodes as real processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from node import cluster as local_cluster
+from node.logtool import compare_logs
+
+pytestmark = pytest.mark.cluster
+
+
+def free_port_block(size: int = 6) -> int:
+    """A base port whose next ``size`` ports are free on loopback."""
+    for base in range(20000, 60000, 97):
+        socks = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def http(method, port, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def wait_converged(base, followers=5, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        last = http("GET", base, "/status")[1]["last_seq"]
+        applied = [http("GET", base + i, "/status")[1]["applied_seq"] for i in range(1, followers + 1)]
+        if all(a == last for a in applied):
+            return last
+        assert time.monotonic() < deadline, f"followers at {applied}, leader at {last}"
+        time.sleep(0.05)
+
+
+def env(**settings):
+    return dict(os.environ, MIN_DELAY="0", MAX_DELAY="50", CATCHUP_INTERVAL="200", **settings)
+
+
+def test_cluster_serves_writes_and_restarts_with_its_data(tmp_path):
+    base = free_port_block()
+    procs = local_cluster.start(str(tmp_path), base, env=env(WRITE_QUORUM="3"), quiet=True)
+    try:
+        for i in range(10):
+            status, answer = http("POST", base, "/write", {"key": f"k{i}", "value": i})
+            assert status == 200 and answer["confirmations"] >= 3 and answer["seq"] == i + 1
+        wait_converged(base)
+    finally:
+        local_cluster.stop(procs)
+    assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
+    logs = [str(tmp_path / name / "replication.log") for name in ["leader"] + [f"follower{i}" for i in range(1, 6)]]
+    assert compare_logs(logs)["equal"]
+
+    procs = local_cluster.start(str(tmp_path), base, env=env(), quiet=True)
+    try:
+        for port in range(base, base + 6):
+            assert http("GET", port, "/read/k9")[1]["value"] == 9
+        assert http("POST", base, "/write", {"key": "again", "value": 1})[1]["seq"] == 11
+        wait_converged(base)
+    finally:
+        local_cluster.stop(procs)
+
+
+def test_cluster_command_prints_addresses_and_stops_on_sigterm(tmp_path):
+    base = free_port_block()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cluster", "--data-dir", str(tmp_path), "--base-port", str(base)],
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(7)]
+        assert f"http://127.0.0.1:{base}" in lines[0] and "leader" in lines[0]
+        assert f"http://127.0.0.1:{base + 5}" in lines[5]
+        assert http("GET", base + 3, "/health")[1]["role"] == "follower"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "cluster stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{base}/health", timeout=1)
+
+
+def test_bad_setting_stops_the_cluster_with_the_node_error(tmp_path):
+    base = free_port_block()
+    with pytest.raises(RuntimeError, match="exited with code 2"):
+        local_cluster.start(str(tmp_path), base, env=env(WRITE_QUORUM="9"), quiet=True)
