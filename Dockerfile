@@ -16,13 +16,15 @@ COPY . /src
 # Offline when docker/wheels/ holds wheels (made by docker/wheels.sh), else
 # PyPI. A shell test is used rather than PIP_NO_INDEX/PIP_FIND_LINKS build args
 # so the default build is the ordinary online one with nothing to pass.
-# Build isolation stays on: its setuptools/wheel come from the same place.
+# --use-pep517: always build a wheel in an isolated build environment (whose
+# setuptools/wheel come from the same place), whatever pip version the base
+# has; Debian's pip 23.0 would otherwise fall back to `setup.py install`.
 RUN set -eu; \
     if ls /src/docker/wheels/*.whl >/dev/null 2>&1; then \
         echo "installing offline from docker/wheels"; \
         export PIP_NO_INDEX=1 PIP_FIND_LINKS=/src/docker/wheels; \
     fi; \
-    /opt/venv/bin/pip install /src
+    /opt/venv/bin/pip install --use-pep517 /src
 
 # ---- runtime stage: base + venv only (no sources, wheels or build files) ----
 FROM ${BASE_IMAGE}
@@ -35,6 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DATA_DIR=/data \
+    HOST=0.0.0.0 \
     PORT=8000
 # Declared after the chown so a new volume starts out owned by kv.
 VOLUME /data

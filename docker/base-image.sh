@@ -38,7 +38,7 @@ die() { log "error: $*"; exit 1; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
 command -v docker >/dev/null 2>&1 || die "docker not found"
-docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon"
+docker info >/dev/null 2>&1 || die "cannot talk to the Docker daemon (run as root or as a member of the docker group)"
 
 # 1. Already present: the common, fast path.
 if have_image "$BASE_IMAGE"; then
@@ -89,7 +89,7 @@ ROOTFS=$(mktemp -d /var/tmp/kvstore-rootfs.XXXXXX)
 # Remove the half-built tree whatever happens (it holds /dev nodes etc.).
 trap 'rm -rf --one-file-system "$ROOTFS"' EXIT
 
-log "debootstrap $SUITE from $MIRROR into $ROOTFS (takes a few minutes)"
+log "debootstrap $SUITE from $MIRROR into $ROOTFS (about a minute)"
 # minbase + only what the image needs: python3 (3.11 on bookworm), venv/ensurepip
 # for `python3 -m venv`, and CA certificates for an image that does reach PyPI.
 debootstrap --variant=minbase \
