@@ -11,3 +11,14 @@ def make_cluster(tmp_path):
         return InProcessCluster(tmp_path, followers, **settings)
 
     return make
+
+
+from tests.dockerenv import (  # noqa: E402,F401  (fixtures for the end-to-end tests)
+    compose,
+    docker_cleanup,
+    docker_compose_command,
+    docker_compose_file,
+    docker_compose_project_name,
+    docker_env,
+    docker_setup,
+)

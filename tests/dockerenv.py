@@ -1,0 +1,126 @@
+"""Fixtures for end-to-end tests against a real Docker Compose cluster (pytest-docker).
+
+The cluster runs under its own project name and its own loopback ports, so it never touches
+a cluster the user is running; pytest-docker tears it down with its volumes even when a test
+fails. Without a Docker engine these tests skip on a workstation and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from node.compose import SERVICES, Compose, compose_command, docker_available, prepare_base_image
+
+# The suite's cluster: a shorter lag than the seed's 0..1000 ms keeps the suite fast while
+# still sending every entry with its own random delay.
+E2E_SETTINGS = {"MIN_DELAY": "0", "MAX_DELAY": "300", "WRITE_QUORUM": "2", "WRITE_TIMEOUT": "3000",
+                "CATCHUP_INTERVAL": "1000", "RESTART_POLICY": "no", "PUBLISH_HOST": "127.0.0.1"}
+
+
+def free_port_block(size: int = 6, start: int = 23000) -> int:
+    for base in range(start, 60000, 101):
+        socks = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of loopback ports")
+
+
+def http(method: str, url: str, body=None, timeout: float = 30):
+    """One JSON request; returns (status, decoded body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def require_docker() -> None:
+    problem = docker_available()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true and Docker is required for the end-to-end tests: {problem}")
+        pytest.skip(f"Docker not available: {problem}")
+
+
+@pytest.fixture(scope="session")
+def docker_env():
+    """Environment for compose: this run's ports and settings, and a base image that exists."""
+    require_docker()
+    base = free_port_block()
+    ports = {service: base + i for i, service in enumerate(SERVICES)}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in E2E_SETTINGS.items():
+            patch.setenv(key, value)
+        for service, port in ports.items():
+            patch.setenv("LEADER_PORT" if service == "leader" else f"{service.upper()}_PORT", str(port))
+        patch.setenv("BASE_IMAGE", prepare_base_image())
+        yield ports
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command(docker_env) -> str:
+    return " ".join(compose_command())
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return f"kvtest{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def docker_setup():
+    return ["build -q", "up -d --no-build"]
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup():
+    return ["down -v --remove-orphans"]
+
+
+@pytest.fixture(scope="session")
+def compose(docker_env, docker_services, docker_compose_project_name) -> Compose:
+    """The running cluster, healthy, with a handle to stop, start and recreate its services."""
+    cluster = Compose(docker_compose_project_name, ports=docker_env)
+    cluster.wait_healthy(SERVICES, timeout=180)
+    return cluster
+
+
+def wait_converged(compose: Compose, timeout: float = 60.0, services=SERVICES[1:]) -> int:
+    """Wait until every given follower applied the leader's last entry; return that seq."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = http("GET", compose.url("leader") + "/status")[1]["last_seq"]
+        applied = {}
+        for service in services:
+            try:
+                applied[service] = http("GET", compose.url(service) + "/status", timeout=5)[1]["applied_seq"]
+            except OSError:
+                applied[service] = None
+        if all(a == last for a in applied.values()):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"followers did not converge to seq {last}: {applied}")
+        time.sleep(0.1)
