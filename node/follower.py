@@ -67,25 +67,34 @@ class Follower:
         await self.receive_batch([entry])
 
     async def receive_batch(self, entries: list[Entry]) -> None:
+        for entry in entries:  # check all first: a conflict must not leave half a batch behind
+            self._check_no_conflict(entry)
         fresh = []
         for entry in entries:
-            known = self.pending.get(entry.seq) or self.inflight.get(entry.seq)
-            if known is not None and known != entry:
-                raise EntryConflict(
-                    f"seq {entry.seq} already holds {known.to_dict()}, leader now sends {entry.to_dict()}; "
-                    f"the leader's log was replaced: reset this follower's DATA_DIR"
-                )
             if not self._holds(entry.seq):
                 self.log.append(entry)
                 self.inflight[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
                 fresh.append(entry)
-        # Also covers duplicates whose first copy is still being synced.
-        await self.log.sync()
+        try:
+            # Also covers duplicates whose first copy is still being synced.
+            await self.log.sync()
+        except BaseException:
+            for entry in fresh:  # not known durable: a later delivery appends it again
+                self.inflight.pop(entry.seq, None)
+            raise
         for entry in fresh:
             if self.inflight.pop(entry.seq, None) is not None:
                 self.pending[entry.seq] = entry
         self._apply_ready()
+
+    def _check_no_conflict(self, entry: Entry) -> None:
+        known = self.pending.get(entry.seq) or self.inflight.get(entry.seq)
+        if known is not None and known != entry:
+            raise EntryConflict(
+                f"seq {entry.seq} already holds {known.to_dict()}, leader now sends {entry.to_dict()}; "
+                f"the leader's log was replaced: reset this follower's DATA_DIR"
+            )
 
     def _apply_ready(self) -> None:
         while self.store.applied_seq + 1 in self.pending:
@@ -143,7 +152,8 @@ class Follower:
             "leader": self.config.leader,
             "applied_seq": self.store.applied_seq,
             "received_seq": self.received_max,
-            "waiting_for_gap": sorted(self.pending)[:20],
+            "waiting_for_gap": len(self.pending),
+            "first_waiting": sorted(self.pending)[:20],
             "leader_last_seq": self.leader_last_seq,
             # What this follower knows the leader holds (pulled or pushed) and has not applied yet.
             "lag": max(self.leader_last_seq or 0, self.received_max) - self.store.applied_seq,

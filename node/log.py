@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -160,6 +161,8 @@ class LogFile:
         self._synced = 0  # records known durable
         self._sync_task: asyncio.Task | None = None
         self._always_lock = asyncio.Lock()
+        # A thread of its own: a sync never waits behind DNS lookups or other pool work.
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
 
     @classmethod
     def open(cls, data_dir: str, fsync: str) -> tuple["LogFile", list[Entry]]:
@@ -196,7 +199,7 @@ class LogFile:
             return
         if self.fsync == "always":
             async with self._always_lock:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._file.fileno())
+                await self._fsync()
             return
         target = self._appended
         while self._synced < target:
@@ -208,12 +211,16 @@ class LogFile:
         """One fsync covering every record appended so far (group commit)."""
         try:
             covered = self._appended
-            await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._file.fileno())
+            await self._fsync()
             self._synced = max(self._synced, covered)
         finally:
             self._sync_task = None
 
+    async def _fsync(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._syncer, os.fsync, self._file.fileno())
+
     def close(self) -> None:
+        self._syncer.shutdown(wait=True)
         if not self._file.closed:
             self._file.flush()
             os.fsync(self._file.fileno())

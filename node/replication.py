@@ -14,9 +14,12 @@ import asyncio
 import json
 import logging
 import random
+import socket
+import time
 from typing import Callable
 
 from tornado.httpclient import AsyncHTTPClient
+from tornado.netutil import DefaultExecutorResolver, Resolver
 
 from node.log import Entry
 from node.quorum import FollowerProgress
@@ -33,8 +36,42 @@ SEND_TIMEOUT_S = 10.0
 MAX_CLIENTS = 10_000
 
 
+DNS_TTL_S = 2.0
+
+
+class CachingResolver(Resolver):
+    """Resolve each host at most once at a time and keep the answer for a couple of seconds.
+
+    Tornado's default resolver runs every ``getaddrinfo`` in the loop's small shared thread
+    pool. When a follower's container is gone, Docker's DNS may take seconds to answer for it;
+    a handful of such lookups then occupy every thread and every *other* send waits behind
+    them, so a dead follower would delay writes that healthy followers could confirm.
+    """
+
+    def initialize(self, ttl: float = DNS_TTL_S) -> None:
+        self.ttl = ttl
+        self._inner = DefaultExecutorResolver()
+        self._cache: dict[tuple, tuple[float, list]] = {}
+        self._inflight: dict[tuple, asyncio.Future] = {}
+
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC) -> list:
+        key = (host, port, family)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached and cached[0] > now:
+            return cached[1]
+        lookup = self._inflight.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._inner.resolve(host, port, family))
+            self._inflight[key] = lookup
+            lookup.add_done_callback(lambda _: self._inflight.pop(key, None))
+        addresses = await asyncio.shield(lookup)
+        self._cache[key] = (time.monotonic() + self.ttl, addresses)
+        return addresses
+
+
 def make_http_client() -> AsyncHTTPClient:
-    return AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS)
+    return AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, resolver=CachingResolver())
 
 
 class Replicator:
