@@ -1,0 +1,13 @@
+"""The write-quorum study: how WRITE_QUORUM trades write latency against replica freshness.
+
+    python -m analysis            # against the Docker Compose cluster (ports 8000..8005)
+    python -m analysis --local    # against six local processes started by node.cluster
+
+For each quorum k the leader is restarted with ``WRITE_QUORUM=k``, the store is cleared, a
+fixed number of writes is sent with a fixed number in flight, replicas are compared with the
+leader right after the last write and until they converge, and the six logs are compared.
+The results land in ``analysis/results/`` (CSV, JSON, PNG figures and REPORT.md).
+"""
+
+FOLLOWER_COUNT = 5
+NODE_NAMES = ("leader",) + tuple(f"follower{i}" for i in range(1, FOLLOWER_COUNT + 1))
