@@ -22,3 +22,12 @@ from tests.dockerenv import (  # noqa: E402,F401  (fixtures for the end-to-end t
     docker_env,
     docker_setup,
 )
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the per-fault table of the fault tests that ran."""
+    from tests.history import FAULT_TABLE, format_table
+
+    if FAULT_TABLE:
+        terminalreporter.section("faults: writes attempted / acknowledged / failed / lost, time to converge")
+        terminalreporter.write_line(format_table(FAULT_TABLE))

@@ -1,0 +1,200 @@
+"""Jepsen-style set test: record every operation a client saw, then check the history.
+
+Clients write unique keys and record each operation as ``ok`` (with the sequence number the
+leader gave it), ``fail`` (a definite error answer, e.g. the quorum timeout) or ``unknown``
+(no answer: the connection broke or timed out). After the fault heals and replication settles
+the checker reads every node and classifies:
+
+* lost: acknowledged (ok) but missing or different on some node. Must be 0.
+* unexpected: present on some node but never written by this run. Must be 0.
+* recovered: failed or unknown, yet present. Allowed (a timeout does not undo a write), but
+  counted, and it must then be present on *every* node like any other entry.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Op:
+    key: str
+    value: dict
+    status: str = "invoked"  # invoked -> ok | fail | unknown
+    seq: int | None = None
+    error: str | None = None
+    latency: float = 0.0
+
+
+@dataclass
+class LoadResult:
+    ops: list[Op] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(op.status == status for op in self.ops)
+
+
+def write_once(leader_url: str, op: Op, timeout: float) -> None:
+    body = json.dumps({"key": op.key, "value": op.value}).encode()
+    request = urllib.request.Request(leader_url + "/write", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+            op.status, op.seq = "ok", answer["seq"]
+    except urllib.error.HTTPError as err:
+        try:
+            op.error = json.loads(err.read()).get("error", "")
+        except ValueError:
+            op.error = f"HTTP {err.code} without JSON"
+        # A 504 is a definite answer that the quorum was not confirmed, not that nothing happened.
+        op.status = "fail"
+    except (OSError, ValueError) as exc:
+        op.status, op.error = "unknown", f"{type(exc).__name__}: {exc}"
+    op.latency = time.monotonic() - started
+
+
+class Load:
+    """A bounded write load in background threads: at most ``count`` ops and ``max_seconds``.
+
+        load = Load(url, "kill-", count=200).start()
+        load.wait_acknowledged(20)     # condition: the load is really running
+        ... inject the fault ...
+        result = load.join()
+    """
+
+    def __init__(self, leader_url: str, prefix: str, count: int = 200, concurrency: int = 8,
+                 max_seconds: float = 60.0, request_timeout: float = 15.0) -> None:
+        self.leader_url = leader_url
+        self.prefix = prefix
+        self.count = count
+        self.concurrency = concurrency
+        self.max_seconds = max_seconds
+        self.request_timeout = request_timeout
+        self.result = LoadResult()
+        self._next = 0
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency)
+        self._futures: list[concurrent.futures.Future] = []
+        self._deadline = 0.0
+        self._stop = threading.Event()
+
+    def start(self) -> "Load":
+        self._deadline = time.monotonic() + self.max_seconds
+        self._futures = [self._pool.submit(self._client) for _ in range(self.concurrency)]
+        return self
+
+    def _take(self) -> Op | None:
+        with self._lock:
+            if self._stop.is_set() or self._next >= self.count or time.monotonic() > self._deadline:
+                return None
+            i = self._next
+            self._next += 1
+            op = Op(key=f"{self.prefix}{i}", value={"client_op": i, "prefix": self.prefix})
+            self.result.ops.append(op)
+            return op
+
+    def _client(self) -> None:
+        while (op := self._take()) is not None:
+            write_once(self.leader_url, op, self.request_timeout)
+            with self._progress:
+                self._progress.notify_all()
+
+    def wait_completed(self, n: int, timeout: float = 60.0) -> None:
+        """Block until at least ``n`` operations have an outcome (or the load ended)."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while sum(op.status != "invoked" for op in self.result.ops) < n:
+                if all(f.done() for f in self._futures):
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"load did not reach {n} completed operations in {timeout} s")
+                self._progress.wait(remaining)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self) -> LoadResult:
+        for future in self._futures:
+            future.result()
+        self._pool.shutdown()
+        return self.result
+
+
+@dataclass
+class Verdict:
+    attempted: int
+    ok: int
+    failed: int
+    unknown: int
+    lost: list[str]
+    unexpected: list[str]
+    recovered: list[str]
+    partial: list[str]  # recovered on some nodes but not all: replicas diverge
+
+    @property
+    def valid(self) -> bool:
+        return not (self.lost or self.unexpected or self.partial)
+
+
+def check(result: LoadResult, prefix: str, node_data: dict[str, dict]) -> Verdict:
+    """Classify a history against every node's final state (``{node: {key: value}}``)."""
+    written = {op.key: op for op in result.ops}
+    lost, recovered, partial = [], [], []
+    for op in result.ops:
+        present = [node for node, data in node_data.items() if data.get(op.key) == op.value]
+        if op.status == "ok":
+            if len(present) != len(node_data):
+                lost.append(op.key)
+        elif present:
+            (recovered if len(present) == len(node_data) else partial).append(op.key)
+    unexpected = sorted({key for data in node_data.values() for key in data
+                         if key.startswith(prefix) and key not in written})
+    return Verdict(
+        attempted=len(result.ops), ok=result.count("ok"), failed=result.count("fail"),
+        unknown=result.count("unknown"), lost=lost, unexpected=unexpected,
+        recovered=recovered, partial=partial,
+    )
+
+
+def check_sequence(result: LoadResult, leader_log: dict) -> list[str]:
+    """Every acknowledged op sits in the leader's log under the seq it was acknowledged with."""
+    wrong = []
+    for op in result.ops:
+        if op.status != "ok":
+            continue
+        entry = leader_log.get(op.seq)
+        if entry is None or entry.key != op.key or entry.value != op.value:
+            wrong.append(f"{op.key}@{op.seq}")
+    return wrong
+
+
+FAULT_TABLE: list[dict] = []
+
+
+def record(fault: str, verdict: Verdict, converge_s: float, note: str = "") -> None:
+    FAULT_TABLE.append({
+        "fault": fault, "attempted": verdict.attempted, "acknowledged": verdict.ok,
+        "failed": verdict.failed, "unknown": verdict.unknown, "recovered": len(verdict.recovered),
+        "lost": len(verdict.lost), "unexpected": len(verdict.unexpected),
+        "converge_s": round(converge_s, 2), "note": note,
+    })
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
