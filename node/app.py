@@ -21,6 +21,9 @@ from node.log import LogCorruptError, LogFile
 
 log = logging.getLogger("node")
 
+# Below Docker's default 10 s stop timeout, so a graceful stop never turns into a SIGKILL.
+SHUTDOWN_GRACE_S = 5.0
+
 
 def routes(node) -> list:
     """The same paths on both roles: a follower answers writes with an error naming the leader."""
@@ -72,8 +75,11 @@ async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     return node, server
 
 
-async def stop_node(node, server: HTTPServer) -> None:
+async def stop_node(node, server: HTTPServer, grace: float = SHUTDOWN_GRACE_S) -> None:
+    """Stop accepting, let requests in progress finish (bounded), then close the log."""
     server.stop()
+    await node.drain(grace)
+    await server.close_all_connections()
     await node.close()
 
 

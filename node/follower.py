@@ -24,7 +24,7 @@ from node.config import Config
 from node.log import Entry, LogFile
 from node.replication import SECRET_HEADER, make_http_client
 from node.store import Store
-from node.tasks import TaskGroup
+from node.tasks import InFlight, TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Follower:
         self.client = make_http_client()
         self.background = TaskGroup("catch-up")
         self._stopping = asyncio.Event()
+        self.receiving = InFlight()
         for entry in entries:  # the log is in arrival order; replay sorts it out
             if not self._holds(entry.seq):
                 self.pending[entry.seq] = entry
@@ -67,6 +68,10 @@ class Follower:
         await self.receive_batch([entry])
 
     async def receive_batch(self, entries: list[Entry]) -> None:
+        with self.receiving:
+            await self._receive_batch(entries)
+
+    async def _receive_batch(self, entries: list[Entry]) -> None:
         for entry in entries:  # check all first: a conflict must not leave half a batch behind
             self._check_no_conflict(entry)
         fresh = []
@@ -161,6 +166,11 @@ class Follower:
             "fsync": self.config.fsync,
             "last_pull_error": self.last_pull_error,
         }
+
+    async def drain(self, timeout: float) -> None:
+        """Let entries being made durable get their confirmation out before shutting down."""
+        self._stopping.set()
+        await self.receiving.wait_idle(timeout)
 
     async def close(self) -> None:
         self._stopping.set()

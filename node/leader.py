@@ -19,6 +19,7 @@ from node.log import Entry, LogFile
 from node.quorum import FollowerProgress, QuorumTimeout, QuorumTracker
 from node.replication import Replicator
 from node.store import Store
+from node.tasks import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Leader:
             self.store.apply(entry)
         self.tracker = QuorumTracker(config.write_quorum)
         self.progress = {address: FollowerProgress(address) for address in config.followers}
+        self.writes = InFlight()
         self.replicator = Replicator(
             self.progress, config.min_delay_ms, config.max_delay_ms,
             config.replication_secret, self.tracker.confirm,
@@ -77,6 +79,10 @@ class Leader:
 
     async def submit(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
         """Log, apply and replicate one operation; return once the quorum confirmed it."""
+        with self.writes:
+            return await self._submit(op, key, value)
+
+    async def _submit(self, op: str, key: str | None, value: Any) -> WriteOutcome:
         entry = Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=time.time())
         # No await between numbering and appending: entries reach the log in seq order.
         self.log.append(entry)
@@ -127,6 +133,11 @@ class Leader:
             "replications_in_flight": len(self.replicator.sends),
             "followers": followers,
         }
+
+    async def drain(self, timeout: float) -> None:
+        """Let writes in progress get their answer before shutting down."""
+        if not await self.writes.wait_idle(timeout):
+            log.warning("shutting down with %d writes still waiting for their quorum", self.writes.count)
 
     async def close(self) -> None:
         await self.replicator.close()

@@ -125,3 +125,15 @@ async def test_status_reports_progress_and_lag(make_cluster):
         await cluster.settled()
         _, follower = await cluster.request("follower1", "GET", "/status")
         assert follower["role"] == "follower" and follower["applied_seq"] == 3 and follower["received_seq"] == 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_graceful_leader_stop_lets_writes_in_progress_get_their_answer(make_cluster):
+    async with make_cluster(MIN_DELAY="100", MAX_DELAY="150") as cluster:
+        leader = cluster.nodes["leader"]
+        pending = asyncio.ensure_future(cluster.request("leader", "POST", "/write", {"key": "k", "value": 1}))
+        while leader.writes.count == 0:
+            await asyncio.sleep(0.005)
+        await cluster.stop("leader")
+        status, answer = await pending
+        assert status == 200 and answer["confirmations"] >= 2
