@@ -51,16 +51,21 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"node on port {port} not healthy after {timeout:.0f} s")
 
 
+def spawn(node_env: dict, quiet: bool = False) -> subprocess.Popen:
+    """Start one node process with its environment (see :func:`node_envs`)."""
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen([sys.executable, "-m", "node"], env=node_env, stdout=out, stderr=out)
+
+
 def start(data_dir: str, base_port: int = 8000, followers: int = FOLLOWER_COUNT,
           env: dict | None = None, timeout: float = 30.0, quiet: bool = False) -> list[subprocess.Popen]:
     """Start the nodes (followers first) and return once all answer /health."""
     envs = node_envs(data_dir, base_port, followers, dict(os.environ if env is None else env))
     order = envs[1:] + envs[:1]
-    out = subprocess.DEVNULL if quiet else None
     procs = []
     try:
         for node_env in order:
-            procs.append(subprocess.Popen([sys.executable, "-m", "node"], env=node_env, stdout=out, stderr=out))
+            procs.append(spawn(node_env, quiet))
         for node_env, proc in zip(order, procs):
             wait_healthy(int(node_env["PORT"]), proc, timeout)
     except BaseException:

@@ -22,6 +22,9 @@ import urllib.request
 from dataclasses import dataclass, field
 
 
+UNREACHABLE_BACKOFF_S = 0.25
+
+
 @dataclass
 class Op:
     key: str
@@ -107,6 +110,10 @@ class Load:
             write_once(self.leader_url, op, self.request_timeout)
             with self._progress:
                 self._progress.notify_all()
+            if op.status == "unknown":
+                # Back off like a real client when the leader is unreachable, instead of burning
+                # the whole bounded load on connection errors in a few milliseconds.
+                self._stop.wait(UNREACHABLE_BACKOFF_S)
 
     def wait_completed(self, n: int, timeout: float = 60.0) -> None:
         """Block until at least ``n`` operations have an outcome (or the load ended)."""
