@@ -23,7 +23,6 @@ from tqdm import tqdm
 from analysis import FOLLOWER_COUNT, NODE_NAMES
 from analysis import consistency as cons
 from analysis.cluster import (
-    CONTAINER_LOG_PATH,
     Cluster,
     ComposeCluster,
     Endpoints,
@@ -64,12 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loc.add_argument("--node-log-level", default="ERROR", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="LOG_LEVEL of the local nodes (default: %(default)s)")
     c = p.add_argument_group("Docker Compose")
-    c.add_argument("--compose-cmd", help='compose command, e.g. "docker compose" (default: detected)')
-    c.add_argument("-p", "--project-name", help="compose project name")
-    c.add_argument("-f", "--compose-file", action="append", default=[], help="compose file (repeatable)")
-    c.add_argument("--docker-cmd", default="docker", help="docker command for `docker cp` (default: %(default)s)")
-    c.add_argument("--container-log-path", default=CONTAINER_LOG_PATH,
-                   help="replication log inside a container (default: %(default)s)")
+    c.add_argument("-p", "--project-name", help="compose project name (default: the one `make up` uses)")
     args = p.parse_args(argv)
     check_args(p, args)
     return args
@@ -92,8 +86,7 @@ def make_cluster(args: argparse.Namespace, data_dir: str | None) -> Cluster:
     if args.local:
         return LocalCluster(data_dir, args.base_port, args.min_delay, args.max_delay, args.node_log_level)
     return ComposeCluster(make_endpoints(args.base_url, args.base_port), args.min_delay, args.max_delay,
-                          args.compose_cmd, args.project_name, args.compose_file, args.docker_cmd,
-                          args.container_log_path)
+                          args.project_name)
 
 
 # --- one quorum -------------------------------------------------------------------------------

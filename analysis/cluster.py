@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -23,7 +20,6 @@ from tornado.iostream import StreamClosedError
 
 from analysis import FOLLOWER_COUNT, NODE_NAMES
 
-CONTAINER_LOG_PATH = "/data/replication.log"
 LOG_FILE_NAME = "replication.log"
 
 
@@ -153,93 +149,37 @@ class LocalCluster:
             self.procs = []
 
 
-def _port(url: str) -> str:
-    return url.rsplit(":", 1)[1]
-
-
-def detect_compose_command() -> list[str]:
-    """``docker compose`` (plugin) when it works, else the ``docker-compose`` program."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise RuntimeError("neither `docker compose` nor `docker-compose` is available; "
-                       "install one or use --local")
-
-
-def compose_base(command: list[str], project: str | None, files: list[str]) -> list[str]:
-    """The compose command with the options that select the project and its files."""
-    args = list(command)
-    for path in files:
-        args += ["-f", path]
-    if project:
-        args += ["-p", project]
-    return args
-
-
-def recreate_leader_command(base: list[str]) -> list[str]:
-    """Only the leader is recreated: followers keep running and keep their data."""
-    return base + ["up", "-d", "--no-deps", "--force-recreate", "leader"]
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 class ComposeCluster:
-    """The Docker Compose cluster: services ``leader`` and ``follower1``..``follower5``.
+    """The Docker Compose cluster (``node.compose``): services ``leader``, ``follower1``..``5``.
 
-    The quorum and delays reach the leader through the compose environment, so the compose
-    file must pass ``WRITE_QUORUM``, ``MIN_DELAY`` and ``MAX_DELAY`` to the leader service; the
-    study checks the leader's /status afterwards and stops if they did not arrive.
+    The quorum and delays reach the leader through the compose environment; only the leader is
+    recreated, followers keep running and keep their data. The study checks the leader's
+    /status afterwards and stops if the settings did not arrive.
     """
 
-    description = "Docker Compose"
+    def __init__(self, endpoints: Endpoints, min_delay: int, max_delay: int, project: str | None = None) -> None:
+        from node.compose import Compose
 
-    def __init__(self, endpoints: Endpoints, min_delay: int, max_delay: int,
-                 command: str | None = None, project: str | None = None, files: list[str] | None = None,
-                 docker: str = "docker", container_log_path: str = CONTAINER_LOG_PATH) -> None:
         self.endpoints = endpoints
         self.min_delay, self.max_delay = min_delay, max_delay
-        self.base = compose_base(shlex.split(command) if command else detect_compose_command(),
-                                 project, files or [])
-        self.docker = shlex.split(docker)
-        self.container_log_path = container_log_path
-        self.description = f"Docker Compose ({' '.join(self.base)})"
-
-    def _run(self, args: list[str], env: dict[str, str] | None = None) -> str:
-        result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(args)}` failed ({result.returncode}): {result.stderr.strip()}")
-        return result.stdout
-
-    def compose_env(self, quorum: int) -> dict[str, str]:
-        """The run's settings, plus the host ports the study polls, for the compose file to use."""
-        ports = {"LEADER_PORT": _port(self.endpoints.leader)}
-        ports.update({f"FOLLOWER{i}_PORT": _port(url) for i, url in enumerate(self.endpoints.followers, start=1)})
-        return dict(os.environ, **node_settings(quorum, self.min_delay, self.max_delay), **ports)
+        ports = {name: _port(url) for name, url in endpoints.by_name.items()}
+        self.compose = Compose(project, ports=ports)
+        self.description = f"Docker Compose ({' '.join(self.compose.command)}, project {project or 'default'})"
 
     def configure(self, quorum: int) -> None:
-        env = self.compose_env(quorum)
-        followers = [f"follower{i}" for i in range(1, len(self.endpoints.followers) + 1)]
-        self._run(self.base + ["up", "-d", "--no-recreate"] + followers, env)
-        self._run(recreate_leader_command(self.base), env)
-        for url in (self.endpoints.leader,) + self.endpoints.followers:
-            wait_healthy(url)
-
-    def container_id(self, service: str) -> str:
-        ids = self._run(self.base + ["ps", "-q", service]).split()
-        if len(ids) != 1:
-            raise RuntimeError(f"expected one container for service {service}, found {ids}")
-        return ids[0]
+        followers = list(self.endpoints.by_name)[1:]
+        self.compose.up(*followers)
+        self.compose.up("leader", env=node_settings(quorum, self.min_delay, self.max_delay), recreate=True)
 
     def log_paths(self, workdir: str) -> dict[str, str]:
         """Logs live in named volumes: copy each one out of its container."""
         os.makedirs(workdir, exist_ok=True)
-        paths = {}
-        for name in NODE_NAMES[: 1 + len(self.endpoints.followers)]:
-            target = os.path.join(workdir, f"{name}.log")
-            self._run(self.docker + ["cp", f"{self.container_id(name)}:{self.container_log_path}", target])
-            paths[name] = target
-        return paths
+        return {name: self.compose.copy_log(name, os.path.join(workdir, f"{name}.log"))
+                for name in self.endpoints.by_name}
 
     def close(self) -> None:
         """The compose cluster stays up (with the last quorum) for whoever started it."""

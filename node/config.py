@@ -12,8 +12,8 @@ variable, the value seen and what is allowed: a replica that silently runs with
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 ROLES = ("leader", "follower")
 FSYNC_POLICIES = ("always", "batch", "off")

@@ -125,7 +125,8 @@ class BaseHandler(RequestHandler):
         elif status_code == 405:
             allowed = self._allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
-            payload = {"error": f"method {self.request.method} is not allowed on {self.request.path}; allowed: {', '.join(allowed)}"}
+            method, path = self.request.method, self.request.path
+            payload = {"error": f"method {method} is not allowed on {path}; allowed: {', '.join(allowed)}"}
         elif status_code >= 500:
             payload = {"error": "internal error; see the node's log"}
         else:

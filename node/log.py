@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Entry:
         return {"seq": self.seq, "op": self.op, "key": self.key, "value": self.value, "ts": self.ts}
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Entry":
+    def from_dict(cls, data: Any) -> Entry:
         """Build an entry from untrusted JSON, rejecting anything malformed."""
         if not isinstance(data, dict):
             raise EntryError("an entry must be a JSON object")
@@ -165,7 +166,7 @@ class LogFile:
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
 
     @classmethod
-    def open(cls, data_dir: str, fsync: str) -> tuple["LogFile", list[Entry]]:
+    def open(cls, data_dir: str, fsync: str) -> tuple[LogFile, list[Entry]]:
         """Open (or create) the log in ``data_dir`` and return it with the entries it holds."""
         os.makedirs(data_dir, exist_ok=True)
         path = os.path.join(data_dir, LOG_FILE_NAME)

@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import DefaultExecutorResolver, Resolver

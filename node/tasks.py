@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Coroutine
+from collections.abc import Coroutine
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __enter__(self) -> "InFlight":
+    def __enter__(self) -> InFlight:
         self.count += 1
         self._idle.clear()
         return self

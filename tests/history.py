@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-
 UNREACHABLE_BACKOFF_S = 0.25
 
 
@@ -90,7 +89,7 @@ class Load:
         self._deadline = 0.0
         self._stop = threading.Event()
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self._deadline = time.monotonic() + self.max_seconds
         self._futures = [self._pool.submit(self._client) for _ in range(self.concurrency)]
         return self

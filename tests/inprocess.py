@@ -56,7 +56,7 @@ class InProcessCluster:
     async def stop(self, name: str) -> None:
         await stop_node(self.nodes.pop(name), self.servers.pop(name))
 
-    async def __aenter__(self) -> "InProcessCluster":
+    async def __aenter__(self) -> InProcessCluster:
         for name in self.follower_names + ["leader"]:
             await self.start(name)
         return self

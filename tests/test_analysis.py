@@ -19,10 +19,9 @@ from analysis import report
 from analysis.__main__ import main, parse_args
 from analysis.cluster import (
     ComposeCluster,
-    compose_base,
     make_client,
     make_endpoints,
-    recreate_leader_command,
+    node_settings,
 )
 from analysis.workload import (
     PlannedWrite,
@@ -203,15 +202,12 @@ def test_writes_keep_exactly_concurrency_in_flight_and_record_the_draws():
 # --- cluster control and CLI ------------------------------------------------------------------
 
 
-def test_compose_commands_and_environment():
-    base = compose_base(["docker", "compose"], "study", ["a.yml", "b.yml"])
-    assert base == ["docker", "compose", "-f", "a.yml", "-f", "b.yml", "-p", "study"]
-    assert recreate_leader_command(base)[-5:] == ["up", "-d", "--no-deps", "--force-recreate", "leader"]
-    compose = ComposeCluster(make_endpoints("http://127.0.0.1", 9000), 5, 500, command="docker-compose")
-    env = compose.compose_env(3)
-    assert (env["WRITE_QUORUM"], env["MIN_DELAY"], env["MAX_DELAY"]) == ("3", "5", "500")
+def test_compose_cluster_maps_the_study_ports_to_compose_variables():
+    cluster = ComposeCluster(make_endpoints("http://127.0.0.1", 9000), 5, 500, project="study")
+    env = cluster.compose.env
     assert env["LEADER_PORT"] == "9000" and env["FOLLOWER5_PORT"] == "9005"
-    assert compose.base == ["docker-compose"]
+    assert cluster.compose.project == "study"
+    assert node_settings(3, 5, 500) == {"WRITE_QUORUM": "3", "MIN_DELAY": "5", "MAX_DELAY": "500"}
 
 
 def test_cli_defaults_and_rejections():

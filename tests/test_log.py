@@ -19,7 +19,8 @@ def write_log(tmp_path, entries, tail=b""):
 def test_append_then_reopen_replays_everything(tmp_path):
     log, entries = LogFile.open(str(tmp_path), "batch")
     assert entries == []
-    written = [entry(1), entry(2, value={"nested": [1, "ü"]}), entry(3, op="delete", value=None), Entry(4, "clear", None, None, 9.5)]
+    written = [entry(1), entry(2, value={"nested": [1, "ü"]}), entry(3, op="delete", value=None),
+               Entry(4, "clear", None, None, 9.5)]
     for e in written:
         log.append(e)
     log.close()
