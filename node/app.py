@@ -109,8 +109,6 @@ async def serve(config: Config) -> None:
         log.info("followers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms",
                  ",".join(config.followers), config.write_quorum, config.min_delay_ms,
                  config.max_delay_ms, config.write_timeout_ms)
-    if not config.replication_secret:
-        log.warning("REPLICATION_SECRET is not set: /replicate and /log accept anyone")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

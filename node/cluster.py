@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ LAYOUT_VARS = ("ROLE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "FOLLOWERS", "LEAD
 def node_envs(data_dir: str, base_port: int, followers: int, env: dict) -> list[dict]:
     """Environment of each node: the user's settings plus this node's place in the cluster."""
     base = {k: v for k, v in env.items() if k not in LAYOUT_VARS}
+    # One secret shared by the six nodes of this run, unless the user chose one.
+    base.setdefault("REPLICATION_SECRET", secrets.token_hex(16))
     host = "127.0.0.1"
     follower_ports = [base_port + i for i in range(1, followers + 1)]
     leader = dict(base, ROLE="leader", NODE_ID="leader", HOST=host, PORT=str(base_port),

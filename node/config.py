@@ -4,7 +4,8 @@ A wrong setting must stop the node before it serves anything, with one line that
 variable, the value seen and what is allowed: a replica that silently runs with
 ``WRITE_QUORUM=0`` or ``MIN_DELAY > MAX_DELAY`` measures and promises the wrong thing.
 
-    >>> cfg = load_config({"ROLE": "follower", "NODE_ID": "f1", "LEADER": "127.0.0.1:8000"})
+    >>> cfg = load_config({"ROLE": "follower", "NODE_ID": "f1", "LEADER": "127.0.0.1:8000",
+    ...                  "REPLICATION_SECRET": "example-secret"})
     >>> cfg.port
     8001
 """
@@ -97,7 +98,18 @@ def _addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return items
 
 
+def _secret(env: Mapping[str, str]) -> str:
+    """The shared secret of the internal endpoints; the value itself never appears in a message."""
+    secret = _get(env, "REPLICATION_SECRET", None)
+    if not 8 <= len(secret) <= 256:
+        raise ConfigError(f"REPLICATION_SECRET has {len(secret)} characters; use 8..256 "
+                          f"(every node of a cluster needs the same value)")
+    return secret
+
+
 _HINTS = {
+    "REPLICATION_SECRET": "every node needs the same REPLICATION_SECRET (8..256 characters), "
+                          "e.g. REPLICATION_SECRET=$(openssl rand -hex 16)",
     "ROLE": "set ROLE=leader or ROLE=follower",
     "FOLLOWERS": "the leader needs FOLLOWERS=host:port,host:port,... (its followers)",
     "LEADER": "a follower needs LEADER=host:port (the leader's address)",
@@ -117,7 +129,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         data_dir=_get(env, "DATA_DIR", os.path.join("data", node_id)),
         fsync=_choice(env, "FSYNC", "batch", FSYNC_POLICIES),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20),
-        replication_secret=env.get("REPLICATION_SECRET", "").strip(),
+        replication_secret=_secret(env),
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
     )
     if role == "leader":

@@ -139,10 +139,10 @@ class BaseHandler(RequestHandler):
                 if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def check_secret(self) -> None:
-        """Internal endpoints need REPLICATION_SECRET (when one is configured)."""
+        """Internal endpoints need the cluster's REPLICATION_SECRET."""
         expected = self.node.config.replication_secret
         given = self.request.headers.get(SECRET_HEADER, "")
-        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(given.encode(), expected.encode()):
             raise ApiError(403, f"internal endpoint: missing or wrong {SECRET_HEADER} header")
 
     def ensure_leader(self) -> None:

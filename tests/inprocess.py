@@ -20,7 +20,8 @@ from node.config import load_config
 class InProcessCluster:
     def __init__(self, tmp_path, followers: int = 5, **settings: str) -> None:
         self.tmp_path = tmp_path
-        self.settings = {"MIN_DELAY": "0", "MAX_DELAY": "20", "CATCHUP_INTERVAL": "200", **settings}
+        self.settings = {"MIN_DELAY": "0", "MAX_DELAY": "20", "CATCHUP_INTERVAL": "200",
+                         "REPLICATION_SECRET": "in-process-secret", **settings}
         self.sockets = {}
         self.ports = {}
         for name in ["leader"] + [f"follower{i}" for i in range(1, followers + 1)]:

@@ -5,8 +5,9 @@ import pytest
 
 from node.config import ConfigError, load_config
 
-LEADER = {"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3,d:4,e:5"}
-FOLLOWER = {"ROLE": "follower", "NODE_ID": "f1", "LEADER": "leader:8000"}
+S = {"REPLICATION_SECRET": "s3cret-value"}
+LEADER = {**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3,d:4,e:5"}
+FOLLOWER = {**S, "ROLE": "follower", "NODE_ID": "f1", "LEADER": "leader:8000"}
 
 
 def test_leader_defaults_follow_the_seed():
@@ -25,17 +26,19 @@ def test_follower_defaults():
     "env, message",
     [
         ({}, "ROLE is not set"),
-        ({"ROLE": "boss"}, "ROLE='boss' is not allowed; use one of leader, follower"),
+        ({**S, "ROLE": "boss"}, "ROLE='boss' is not allowed; use one of leader, follower"),
         ({**LEADER, "WRITE_QUORUM": "0"}, "WRITE_QUORUM=0 is out of range 1..5 (number of followers in FOLLOWERS is 5)"),
         ({**LEADER, "WRITE_QUORUM": "7"}, "WRITE_QUORUM=7 is out of range 1..5"),
         ({**LEADER, "WRITE_QUORUM": "two"}, "WRITE_QUORUM='two' is not an integer"),
         ({**LEADER, "MIN_DELAY": "-1"}, "MIN_DELAY=-1 is out of range 0..600000 ms"),
         ({**LEADER, "MIN_DELAY": "500", "MAX_DELAY": "100"}, "MAX_DELAY=100 is below MIN_DELAY=500"),
         ({**LEADER, "WRITE_TIMEOUT": "0"}, "WRITE_TIMEOUT=0 is out of range"),
-        ({"ROLE": "leader"}, "FOLLOWERS is not set"),
-        ({"ROLE": "leader", "FOLLOWERS": "a:1,a:1"}, "lists an address twice"),
-        ({"ROLE": "leader", "FOLLOWERS": "nohost"}, "FOLLOWERS='nohost' is not a host:port address"),
-        ({"ROLE": "leader", "FOLLOWERS": " , "}, "lists no address"),
+        ({**S, "ROLE": "leader"}, "FOLLOWERS is not set"),
+        ({**S, "ROLE": "leader", "FOLLOWERS": "a:1,a:1"}, "lists an address twice"),
+        ({**S, "ROLE": "leader", "FOLLOWERS": "nohost"}, "FOLLOWERS='nohost' is not a host:port address"),
+        ({**S, "ROLE": "leader", "FOLLOWERS": " , "}, "lists no address"),
+        ({**FOLLOWER, "REPLICATION_SECRET": ""}, "REPLICATION_SECRET is not set; every node needs the same"),
+        ({**FOLLOWER, "REPLICATION_SECRET": "short"}, "REPLICATION_SECRET has 5 characters; use 8..256"),
         ({**FOLLOWER, "LEADER": ""}, "LEADER is not set"),
         ({**FOLLOWER, "LEADER": "leader:99999"}, "LEADER='leader:99999' is not a host:port address"),
         ({**FOLLOWER, "PORT": "0"}, "PORT=0 is out of range 1..65535"),
@@ -51,13 +54,13 @@ def test_invalid_settings_name_variable_value_and_range(env, message):
 
 
 def test_quorum_range_follows_the_number_of_followers():
-    assert load_config({"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "3"}).write_quorum == 3
+    assert load_config({**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "3"}).write_quorum == 3
     with pytest.raises(ConfigError, match=r"WRITE_QUORUM=4 is out of range 1..3"):
-        load_config({"ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "4"})
+        load_config({**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "4"})
 
 
 def test_node_refuses_to_start_with_one_line_naming_the_variable(tmp_path):
-    env = {"ROLE": "leader", "FOLLOWERS": "a:1", "WRITE_QUORUM": "3", "DATA_DIR": str(tmp_path), "PATH": ""}
+    env = {**S, "ROLE": "leader", "FOLLOWERS": "a:1", "WRITE_QUORUM": "3", "DATA_DIR": str(tmp_path), "PATH": ""}
     result = subprocess.run([sys.executable, "-m", "node"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -25,7 +25,7 @@ class Cluster:
     def __init__(self, data_dir, **settings):
         self.data_dir = str(data_dir)
         self.base = free_port_block()
-        env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300",
+        env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300", REPLICATION_SECRET="local-secret",
                    WRITE_TIMEOUT="3000", **settings)
         self.envs = dict(zip(NAMES, local_cluster.node_envs(self.data_dir, self.base, 5, env)))
         procs = local_cluster.start(self.data_dir, self.base, env=env, quiet=True)

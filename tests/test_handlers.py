@@ -11,7 +11,7 @@ from node.config import load_config
 
 @pytest.fixture
 def node(tmp_path):
-    config = load_config({"ROLE": "leader", "FOLLOWERS": "127.0.0.1:9", "DATA_DIR": str(tmp_path),
+    config = load_config({"REPLICATION_SECRET": "handler-secret", "ROLE": "leader", "FOLLOWERS": "127.0.0.1:9", "DATA_DIR": str(tmp_path),
                           "MAX_BODY_BYTES": "2048", "WRITE_TIMEOUT": "50", "MIN_DELAY": "0", "MAX_DELAY": "0"})
     return open_node(config)
 
@@ -21,9 +21,9 @@ def app(node):
     return make_app(node)
 
 
-async def call(http_client, base_url, method, path, body=None):
+async def call(http_client, base_url, method, path, body=None, headers=None):
     response = await http_client.fetch(base_url + path, method=method, body=body, raise_error=False,
-                                       allow_nonstandard_methods=True)
+                                       allow_nonstandard_methods=True, headers=headers)
     assert response.headers["Content-Type"].startswith("application/json")
     return response.code, json.loads(response.body)
 
@@ -77,9 +77,8 @@ async def test_deeply_nested_value_is_rejected(http_client, base_url, node):
         ("BREW", "/all", 405, "method BREW is not allowed"),
         ("GET", "/read/missing", 404, "key 'missing' not found"),
         ("DELETE", "/delete/missing", 404, "nothing to delete"),
-        ("GET", "/log?after=x", 400, "after='x' is not an integer"),
-        ("GET", "/log?limit=0", 400, "limit=0 is out of range"),
-        ("POST", "/replicate", 403, "only followers accept /replicate"),
+        ("GET", "/log?after=0", 403, "missing or wrong X-Replication-Secret header"),
+        ("POST", "/replicate", 403, "missing or wrong X-Replication-Secret header"),
     ],
 )
 @pytest.mark.gen_test
@@ -105,3 +104,25 @@ async def test_unreachable_followers_time_out_with_counts(http_client, base_url,
     # The entry is logged and applied on the leader and keeps replicating in the background.
     assert node.last_seq == 1 and node.store.get("a") == (1, 1)
     await node.replicator.close()
+
+
+@pytest.mark.parametrize(
+    "method, path, status, message",
+    [
+        ("GET", "/log?after=x", 400, "after='x' is not an integer"),
+        ("GET", "/log?after=-1", 400, "after=-1 must be >= 0"),
+        ("GET", "/log?limit=0", 400, "limit=0 is out of range"),
+        ("POST", "/replicate", 403, "only followers accept /replicate"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_internal_endpoints_validate_after_the_secret(http_client, base_url, node, method, path, status, message):
+    headers = {"X-Replication-Secret": "handler-secret"}
+    code, answer = await call(http_client, base_url, method, path, b"{}" if method == "POST" else None, headers)
+    assert code == status and message in answer["error"], answer
+
+
+@pytest.mark.gen_test
+async def test_wrong_secret_is_refused(http_client, base_url):
+    code, answer = await call(http_client, base_url, "GET", "/log", headers={"X-Replication-Secret": "handler-secreT"})
+    assert code == 403
