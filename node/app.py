@@ -17,6 +17,7 @@ from node import handlers as h
 from node.config import Config, ConfigError, load_config
 from node.follower import Follower
 from node.leader import Leader, LeaderLogError
+from node.limits import REPLICATE_BODY_FACTOR
 from node.log import LogCorruptError, LogFile
 
 log = logging.getLogger("node")
@@ -66,7 +67,9 @@ async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     """Open, serve and start a node on the running loop (used by ``main`` and by tests)."""
     node = open_node(config)
     # Headroom above MAX_BODY_BYTES so an oversized body reaches the handler and gets a JSON 413.
-    server = HTTPServer(make_app(node), max_body_size=max(config.max_body_bytes * 4, 64 << 20))
+    # /replicate takes up to REPLICATE_BODY_FACTOR times as much.
+    limit = max((REPLICATE_BODY_FACTOR + 1) * config.max_body_bytes, 64 << 20)
+    server = HTTPServer(make_app(node), max_body_size=limit)
     if sockets is not None:
         server.add_sockets(sockets)
     else:

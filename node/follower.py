@@ -21,6 +21,7 @@ import logging
 from urllib.parse import urlencode
 
 from node.config import Config
+from node.limits import LOG_PAGE_BYTES, REPLICATE_BODY_FACTOR
 from node.log import Entry, LogFile
 from node.replication import SECRET_HEADER, make_http_client
 from node.store import Store
@@ -47,7 +48,9 @@ class Follower:
         self.received_max = 0
         self.leader_last_seq: int | None = None
         self.last_pull_error: str | None = None
-        self.client = make_http_client()
+        # A /log page holds at most LOG_PAGE_BYTES plus one entry, and one entry can be larger
+        # than a request body (see REPLICATE_BODY_FACTOR).
+        self.client = make_http_client(max_body_size=LOG_PAGE_BYTES + (REPLICATE_BODY_FACTOR + 1) * config.max_body_bytes)
         self.background = TaskGroup("catch-up")
         self._stopping = asyncio.Event()
         self.receiving = InFlight()
@@ -147,7 +150,7 @@ class Follower:
                 log.info("leader %s reachable again", self.config.leader)
                 self.last_pull_error = None
             self.leader_last_seq = int(answer["last_seq"])
-            if len(entries) < PULL_LIMIT:
+            if not answer.get("more"):
                 return self.leader_last_seq
 
     def status(self) -> dict:

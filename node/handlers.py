@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -17,12 +18,12 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from node.follower import EntryConflict
 from node.leader import WriteTimeout
+from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH, MAX_KEY_BYTES, REPLICATE_BODY_FACTOR
 from node.log import Entry, EntryError
 from node.replication import SECRET_HEADER
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_BYTES = 1024
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 WRITE_FIELDS = {"key", "value"}
 
@@ -40,18 +41,37 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is too large for a double")
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
 def parse_json(raw: bytes) -> Any:
     """Decode a request body as strict JSON (no NaN/Infinity); raise ApiError(400) otherwise."""
     if not raw.strip():
         raise ApiError(400, "request body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    _check_depth(value)
+    return value
 
 
 def json_type(value: Any) -> str:
@@ -82,26 +102,30 @@ class BaseHandler(RequestHandler):
     def initialize(self, node) -> None:
         self.node = node
 
+    def body_limit(self) -> int:
+        return self.node.config.max_body_bytes
+
     def prepare(self) -> None:
         self._body = bytearray()
         self._body_too_large = False
-        limit = self.node.config.max_body_bytes
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
+        # isascii: "²".isdigit() is true but int("²") fails; Tornado answers 400 for it later.
+        if declared.isascii() and declared.isdigit() and int(declared) > self.body_limit():
             self._body_too_large = True
 
     def data_received(self, chunk: bytes) -> None:
         if self._body_too_large:
             return
         self._body.extend(chunk)
-        if len(self._body) > self.node.config.max_body_bytes:
+        if len(self._body) > self.body_limit():
             self._body_too_large = True
             self._body = bytearray()
 
     def json_body(self) -> Any:
         if self._body_too_large:
-            limit = self.node.config.max_body_bytes
-            raise ApiError(413, f"request body exceeds MAX_BODY_BYTES={limit} bytes")
+            if self.body_limit() == self.node.config.max_body_bytes:
+                raise ApiError(413, f"request body exceeds MAX_BODY_BYTES={self.body_limit()} bytes")
+            raise ApiError(413, f"request body exceeds {self.body_limit()} bytes")
         return parse_json(bytes(self._body))
 
     def json_object(self, allowed: set[str]) -> dict:
@@ -249,6 +273,9 @@ class ClearHandler(MutationHandler):
 class ReplicateHandler(BaseHandler):
     """Internal: the leader pushes one entry; answered once the entry is durable here."""
 
+    def body_limit(self) -> int:
+        return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096
+
     async def post(self) -> None:
         self.check_secret()
         if self.node.role != "follower":
@@ -282,7 +309,16 @@ class LogHandler(BaseHandler):
         if node_id:
             self.node.note_follower_pull(node_id, after)
         entries = self.node.entries_between(after, upto, limit)
-        self.send_json({"entries": [e.to_dict() for e in entries], "last_seq": self.node.last_seq})
+        page, size = [], 0
+        for entry in entries:  # a page stays below LOG_PAGE_BYTES, whatever the entries weigh
+            item = entry.to_dict()
+            size += len(json.dumps(item))
+            if page and size > LOG_PAGE_BYTES:
+                break
+            page.append(item)
+        end = self.node.last_seq if upto is None else min(upto, self.node.last_seq)
+        more = bool(page) and page[-1]["seq"] < end
+        self.send_json({"entries": page, "last_seq": self.node.last_seq, "more": more})
 
     def _int_arg(self, name: str, default: int | None) -> int | None:
         raw = self.get_query_argument(name, None)

@@ -70,8 +70,9 @@ class CachingResolver(Resolver):
         return addresses
 
 
-def make_http_client() -> AsyncHTTPClient:
-    return AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, resolver=CachingResolver())
+def make_http_client(max_body_size: int | None = None) -> AsyncHTTPClient:
+    limits = {} if max_body_size is None else {"max_body_size": max_body_size, "max_buffer_size": max_body_size}
+    return AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS, resolver=CachingResolver(), **limits)
 
 
 class Replicator:

@@ -12,7 +12,8 @@ def entry(seq, key=None, value=None, op="set"):
 
 
 def make_follower(tmp_path):
-    config = load_config({"REPLICATION_SECRET": "follower-secret", "ROLE": "follower", "NODE_ID": "f1", "LEADER": "127.0.0.1:1", "DATA_DIR": str(tmp_path)})
+    config = load_config({"REPLICATION_SECRET": "follower-secret", "ROLE": "follower", "NODE_ID": "f1",
+                          "LEADER": "127.0.0.1:1", "DATA_DIR": str(tmp_path)})
     log, entries = LogFile.open(config.data_dir, config.fsync)
     return Follower(config, log, entries)
 

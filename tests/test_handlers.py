@@ -11,7 +11,8 @@ from node.config import load_config
 
 @pytest.fixture
 def node(tmp_path):
-    config = load_config({"REPLICATION_SECRET": "handler-secret", "ROLE": "leader", "FOLLOWERS": "127.0.0.1:9", "DATA_DIR": str(tmp_path),
+    config = load_config({"REPLICATION_SECRET": "handler-secret", "ROLE": "leader", "FOLLOWERS": "127.0.0.1:9",
+                          "DATA_DIR": str(tmp_path),
                           "MAX_BODY_BYTES": "2048", "WRITE_TIMEOUT": "50", "MIN_DELAY": "0", "MAX_DELAY": "0"})
     return open_node(config)
 

@@ -137,3 +137,18 @@ async def test_graceful_leader_stop_lets_writes_in_progress_get_their_answer(mak
         await cluster.stop("leader")
         status, answer = await pending
         assert status == 200 and answer["confirmations"] >= 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_catch_up_pages_through_a_long_log(make_cluster, monkeypatch):
+    from node import handlers
+
+    monkeypatch.setattr(handlers, "LOG_PAGE_BYTES", 300)  # about two entries a page
+    async with make_cluster(MAX_DELAY="5") as cluster:
+        await cluster.stop("follower1")
+        for i in range(15):
+            await cluster.write(f"k{i}", "x" * 50)
+        await cluster.start("follower1")
+        await cluster.settled()
+        status, answer = await cluster.request("follower1", "GET", "/all")
+        assert answer["count"] == 15 and answer["applied_seq"] == 15

@@ -1,0 +1,685 @@
+"""Hostile input against a live cluster: a leader and two followers, each a local process.
+
+Every answer must be one that node/openapi.json documents for its path and method, JSON with an
+``"error"`` string when it is a 4xx, and never a 5xx; a rejected request changes nothing on any
+node (``/all`` and the sequence numbers in ``/status``). Valid input, unicode included, must
+round-trip through the leader to every follower, and concurrent writes to one key must be
+ordered by their sequence numbers everywhere.
+
+Requests go through ``http.client`` on the loopback interface, one connection per request, so
+each request controls its own method, path, headers and body bytes exactly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from node import cluster as local_cluster
+from node.handlers import MAX_KEY_BYTES, OPENAPI_PATH
+
+pytestmark = pytest.mark.cluster
+
+FOLLOWERS = ("follower1", "follower2")
+NODES = ("leader",) + FOLLOWERS
+SECRET = "hostile-input-secret"
+MAX_BODY_BYTES = 256 * 1024
+WRITE_TIMEOUT_MS = 1000
+SETTLE_TIMEOUT_S = 15.0
+
+with open(OPENAPI_PATH, encoding="utf-8") as _f:
+    SPEC = json.load(_f)
+
+HYPOTHESIS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(HYPOTHESIS, max_examples=25)
+
+
+# --- the cluster --------------------------------------------------------------------------------
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names in lower case
+    raw: bytes
+
+    def json(self) -> Any:
+        return strict_json(self.raw)
+
+
+def strict_json(raw: bytes) -> Any:
+    """Decode a response body as strict JSON: NaN and Infinity are not JSON."""
+
+    def reject(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(raw.decode("utf-8"), parse_constant=reject)
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that base..base+count-1 are all free on 127.0.0.1 right now."""
+    # Below Linux's ephemeral range (32768+), where outgoing connections take their ports.
+    for base in range(20000 + os.getpid() % 500 * 20, 32700, 7):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports on 127.0.0.1")
+
+
+class Cluster:
+    def __init__(self, base_port: int) -> None:
+        self.ports = {name: base_port + i for i, name in enumerate(NODES)}
+        self.leader_address = f"127.0.0.1:{base_port}"
+
+    def request(self, node: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, chunked: bool = False) -> Answer:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[node], timeout=30)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            headers = dict(headers or {})
+            if body is not None:
+                headers.setdefault("Content-Type", "application/json")
+                if chunked:
+                    headers["Transfer-Encoding"] = "chunked"
+                else:
+                    headers.setdefault("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            if body is not None:
+                if chunked:
+                    for start in range(0, len(body), 65536):
+                        piece = body[start:start + 65536]
+                        conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    conn.send(b"0\r\n\r\n")
+                else:
+                    conn.send(body)
+            response = conn.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Answer(response.status, headers, response.read())
+        finally:
+            conn.close()
+
+    def get_json(self, node: str, path: str) -> Any:
+        answer = self.request(node, "GET", path)
+        assert answer.status == 200, (node, path, answer)
+        return answer.json()
+
+    def write(self, key: str, value: Any) -> dict:
+        answer = self.request("leader", "POST", "/write", json.dumps({"key": key, "value": value}).encode())
+        assert answer.status == 200, answer
+        return answer.json()
+
+    def settled_statuses(self) -> dict[str, dict]:
+        """Each node's /status once every follower applied all the leader holds (bounded wait)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            statuses = {node: self.get_json(node, "/status") for node in NODES}
+            last = statuses["leader"]["last_seq"]
+            if all(statuses[f]["applied_seq"] >= last for f in FOLLOWERS):
+                return statuses
+            if time.monotonic() > deadline:
+                lagging = {f: statuses[f]["applied_seq"] for f in FOLLOWERS}
+                raise AssertionError(f"followers did not reach seq {last} in {SETTLE_TIMEOUT_S} s: {lagging}")
+            time.sleep(0.02)
+
+    def settle(self) -> int:
+        """Wait until every follower applied all the leader holds; return the leader's last seq."""
+        return self.settled_statuses()["leader"]["last_seq"]
+
+    def snapshot(self) -> dict:
+        """Each node's data and sequence numbers, once the followers caught up."""
+        state = {}
+        for node, status in self.settled_statuses().items():
+            seqs = {k: status[k] for k in ("last_seq", "applied_seq", "received_seq") if k in status}
+            state[node] = (seqs, self.get_json(node, "/all")["data"])
+        return state
+
+    def delete(self, key: str) -> None:
+        answer = self.request("leader", "DELETE", "/delete/" + quote(key, safe=""))
+        assert answer.status in (200, 404), answer
+
+
+def start_cluster(data_dir: str):
+    """Start the nodes; yield a Cluster; stop them, failing if one of them had died meanwhile."""
+    base_port = free_port_block(len(NODES))
+    env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="0", WRITE_QUORUM=str(len(FOLLOWERS)),
+               WRITE_TIMEOUT=str(WRITE_TIMEOUT_MS), CATCHUP_INTERVAL="200", REPLICATION_SECRET=SECRET,
+               MAX_BODY_BYTES=str(MAX_BODY_BYTES), LOG_LEVEL="WARNING")
+    procs = local_cluster.start(data_dir, base_port=base_port, followers=len(FOLLOWERS), env=env, quiet=True)
+    try:
+        yield Cluster(base_port)
+        crashed = [p.returncode for p in procs if p.poll() is not None]
+    finally:
+        local_cluster.stop(procs)
+    assert not crashed, f"a node exited during the tests (exit codes {crashed})"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from start_cluster(str(tmp_path_factory.mktemp("hostile")))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A second cluster for requests that, when wrongly accepted, leave what no request can remove
+    (an entry in the log); so that such a failure does not spill into the other tests."""
+    yield from start_cluster(str(tmp_path_factory.mktemp("scratch")))
+
+
+# --- what every answer must look like ------------------------------------------------------------
+
+TORNADO_METHODS = {"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"}
+
+
+def _template_regex(template: str) -> str:
+    return "".join("(.+)" if part.startswith("{") else re.escape(part)
+                   for part in re.split(r"(\{[^}]+\})", template))
+
+
+PATH_REGEXES = [(re.compile(_template_regex(t)), t) for t in SPEC["paths"]]
+
+
+def documented_statuses(method: str, path: str) -> set[int]:
+    """Statuses node/openapi.json allows for ``method`` on ``path`` (a raw request path)."""
+    path = path.split("?", 1)[0]
+    for regex, template in PATH_REGEXES:
+        if regex.fullmatch(path):
+            item = SPEC["paths"][template]
+            operation = item.get(method.lower())
+            if operation is None:
+                return {item["x-other-methods"]["status"]}
+            return {int(status) for status in operation["responses"]}
+    # No such path: 404 (a method Tornado does not know at all is refused before the path is looked at).
+    return {404} if method in TORNADO_METHODS else {404, 405}
+
+
+def check_answer(method: str, path: str, answer: Answer) -> Any:
+    """The rules for every answer; return the decoded body (None for HEAD)."""
+    where = f"{method} {path[:200]} -> {answer.status} {answer.raw[:300]!r}"
+    assert answer.status < 500, where
+    assert answer.status in documented_statuses(method, path), where
+    if answer.status == 405:
+        assert answer.headers.get("allow") is not None, where
+    if method == "HEAD":
+        return None
+    assert answer.headers.get("content-type", "").startswith("application/json"), where
+    try:
+        body = answer.json()
+    except ValueError as exc:
+        raise AssertionError(f"{where}: body is not strict JSON ({exc})") from None
+    if 400 <= answer.status < 500:
+        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], where
+    return body
+
+
+def send_rejected(cluster: Cluster, node: str, method: str, path: str, body: bytes | None = None,
+                  headers: dict[str, str] | None = None, chunked: bool = False,
+                  expect: int | None = None) -> Answer:
+    """Send a request that must be refused; check the answer and that no node changed."""
+    before = cluster.snapshot()
+    answer = cluster.request(node, method, path, body, headers, chunked)
+    check_answer(method, path, answer)
+    assert 400 <= answer.status < 500, (method, path, answer)
+    if expect is not None:
+        assert answer.status == expect, (method, path, answer)
+    assert cluster.snapshot() == before, f"{method} {path[:200]} -> {answer.status} changed the cluster"
+    return answer
+
+
+# --- strategies ----------------------------------------------------------------------------------
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+non_objects = json_values.filter(lambda v: not isinstance(v, dict))
+non_strings = json_values.filter(lambda v: not isinstance(v, str))
+
+
+def _lone_surrogate_text(bounds: tuple[int, int]):
+    # Only high or only low surrogates in one string: a high one followed by a low one would be
+    # a valid pair once written as JSON escapes, not a lone surrogate.
+    alphabet = st.characters(min_codepoint=bounds[0], max_codepoint=bounds[1], categories=["Cs"]) | st.characters()
+    return st.text(alphabet, min_size=1, max_size=12)
+
+
+lone_surrogate_text = st.sampled_from([(0xD800, 0xDBFF), (0xDC00, 0xDFFF)]).flatmap(_lone_surrogate_text)
+unicode_values = st.recursive(
+    scalars | lone_surrogate_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10) | lone_surrogate_text,
+                                                                      children, max_size=4),
+    max_leaves=12,
+)
+
+SPECIAL_KEYS = [".", "..", "/", "a/b", "/leading", "trailing/", "?x=1", "#frag", "%", "%2F", "a+b", " ",
+                "\t", "\x00", "\u2028", "e\u0301", "\u202eevil", "😀", "キー", "\ufeff", "null", "k" * MAX_KEY_BYTES,
+                "😀" * (MAX_KEY_BYTES // 4), "€" * (MAX_KEY_BYTES // 3)]
+valid_keys = st.sampled_from(SPECIAL_KEYS) | st.text(min_size=1, max_size=60)
+oversized_keys = st.text(min_size=MAX_KEY_BYTES // 4 + 1, max_size=MAX_KEY_BYTES + 100).filter(
+    lambda k: len(k.encode("utf-8")) > MAX_KEY_BYTES) | st.integers(MAX_KEY_BYTES + 1, 3 * MAX_KEY_BYTES).map(lambda n: "k" * n)
+surrogate_keys = lone_surrogate_text.filter(lambda k: any(0xD800 <= ord(c) <= 0xDFFF for c in k))
+
+
+def write_body(key: Any, value: Any) -> bytes:
+    return json.dumps({"key": key, "value": value}).encode()
+
+
+def would_accept(raw: bytes) -> bool:
+    """Whether the leader should accept ``raw`` as a /write body (to keep garbage that is valid out)."""
+    try:
+        body = strict_json(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and set(body) == {"key", "value"} and isinstance(body["key"], str)
+
+
+def key_path(prefix: str, key: str) -> str:
+    return prefix + quote(key.encode("utf-8", "surrogatepass"), safe="")
+
+
+# --- malformed bodies ----------------------------------------------------------------------------
+
+
+@HYPOTHESIS
+@given(key=valid_keys, value=json_values, data=st.data())
+def test_truncated_json_is_rejected(cluster, key, value, data):
+    body = write_body(key, value)
+    cut = data.draw(st.integers(0, len(body) - 1), label="cut")
+    send_rejected(cluster, "leader", "POST", "/write", body[:cut], expect=400)
+
+
+@HYPOTHESIS
+@given(raw=st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+       | st.sampled_from([b"{", b"}", b"{]", b"{'key': 'a', 'value': 1}", b'{"key": "a" "value": 1}',
+                          b'{"key": "a", "value": 1,}', b'{"key": "a", "value": undefined}', b"\xef\xbb\xbf{}",
+                          b'{"key": "a", "value": 01}', b'{"key": "a", "value": .5}', b'{"key": "a", "value": 0x10}',
+                          b'{"key": "\x01", "value": 1}', b'{"key": "a", "value": "\\x41"}', b"\xff\xfe", b"\x00",
+                          b'{"key": "a", "value": 1}\x00', b'{"key": "a", "value": 1} {}']))
+def test_malformed_bodies_are_rejected(cluster, raw):
+    assume(not would_accept(raw))
+    send_rejected(cluster, "leader", "POST", "/write", raw, expect=400)
+
+
+@HYPOTHESIS
+@given(body=non_objects)
+def test_non_object_bodies_are_rejected(cluster, body):
+    send_rejected(cluster, "leader", "POST", "/write", json.dumps(body).encode(), expect=400)
+
+
+@HYPOTHESIS
+@given(body=st.builds(lambda k, v: {"key": k, "value": v}, non_strings, json_values)
+       | st.builds(lambda v: {"value": v}, json_values)
+       | st.builds(lambda k: {"key": k}, valid_keys)
+       | st.just({}))
+def test_wrong_or_missing_key_and_value_are_rejected(cluster, body):
+    send_rejected(cluster, "leader", "POST", "/write", json.dumps(body).encode(), expect=400)
+
+
+@HYPOTHESIS
+@given(key=valid_keys, value=json_values,
+       extra=st.dictionaries(st.text(max_size=20).filter(lambda f: f not in ("key", "value")), json_values,
+                             min_size=1, max_size=3))
+def test_unknown_fields_are_rejected(cluster, key, value, extra):
+    answer = send_rejected(cluster, "leader", "POST", "/write",
+                           json.dumps({"key": key, "value": value, **extra}).encode(), expect=400)
+    assert "unknown field" in answer.json()["error"]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+@FEW
+@given(key=st.just("") | oversized_keys | surrogate_keys, value=json_values)
+def test_empty_oversized_and_surrogate_keys_are_rejected(cluster, key, value):
+    send_rejected(cluster, "leader", "POST", "/write", write_body(key, value), expect=400)
+    for node in NODES:
+        # An empty key leaves "/read/", which is no endpoint (404); the others are bad keys (400).
+        send_rejected(cluster, node, "GET", key_path("/read/", key), expect=404 if key == "" else 400)
+    send_rejected(cluster, "leader", "DELETE", key_path("/delete/", key), expect=404 if key == "" else 400)
+
+
+@pytest.mark.parametrize("unit", ["k", "é", "€", "😀"])
+def test_key_length_limit_is_1024_utf8_bytes(cluster, unit):
+    fits = unit * (MAX_KEY_BYTES // len(unit.encode("utf-8")))
+    too_long = fits + unit
+    send_rejected(cluster, "leader", "POST", "/write", write_body(too_long, 1), expect=400)
+    answer = cluster.request("leader", "POST", "/write", write_body(fits, unit))
+    assert check_answer("POST", "/write", answer)["success"] is True
+    read = cluster.request("leader", "GET", key_path("/read/", fits))
+    assert check_answer("GET", "/read/k", read)["value"] == unit
+    cluster.delete(fits)
+
+
+def test_invalid_utf8_in_paths_and_query_is_rejected(cluster):
+    for node in NODES:
+        send_rejected(cluster, node, "GET", "/read/%FF", expect=400)
+        send_rejected(cluster, node, "GET", "/read/%ED%A0%80", expect=400)  # UTF-8 of a lone surrogate
+    send_rejected(cluster, "leader", "DELETE", "/delete/%C3", expect=400)
+    send_rejected(cluster, "leader", "GET", "/log?after=%FF", headers={"X-Replication-Secret": SECRET}, expect=400)
+
+
+# --- sizes and nesting ---------------------------------------------------------------------------
+
+
+@FEW
+@given(size=st.integers(MAX_BODY_BYTES + 1, 3 * MAX_BODY_BYTES), filler=st.sampled_from([b" ", b"x", b"[", b"\xff"]),
+       chunked=st.booleans())
+def test_oversized_bodies_get_413(cluster, size, filler, chunked):
+    body = b'{"key": "big", "value": "' + filler * size + b'"}'
+    send_rejected(cluster, "leader", "POST", "/write", body, chunked=chunked, expect=413)
+    # The internal endpoint checks the secret first; with it, such a body is no entry either
+    # (413, or 400 where /replicate allows more room than MAX_BODY_BYTES).
+    send_rejected(cluster, "follower1", "POST", "/replicate", body, chunked=chunked, expect=403)
+    send_rejected(cluster, "follower1", "POST", "/replicate", body, chunked=chunked,
+                  headers={"X-Replication-Secret": SECRET})
+
+
+def push_errors(cluster: Cluster, answer: Answer) -> str:
+    """What a failed write answered, with why the leader's pushes to the followers failed."""
+    followers = cluster.get_json("leader", "/status")["followers"]
+    errors = {address: f["last_error"] for address, f in followers.items()}
+    return f"{answer.status} {answer.raw[:120]!r}; pushes to followers: {errors}"
+
+
+def test_body_of_exactly_max_body_bytes_is_accepted(scratch):
+    head = b'{"key": "at-the-limit", "value": "'
+    body = head + b"v" * (MAX_BODY_BYTES - len(head) - 2) + b'"}'
+    assert len(body) == MAX_BODY_BYTES
+    send_rejected(scratch, "leader", "POST", "/write", body[:-2] + b'vv"}', expect=413)
+    try:
+        answer = scratch.request("leader", "POST", "/write", body)
+        assert answer.status == 200, push_errors(scratch, answer)
+        assert check_answer("POST", "/write", answer)["success"] is True
+    finally:
+        scratch.delete("at-the-limit")
+
+
+@pytest.mark.parametrize("unit", ["v", "é", "€", "😀", "1e15, "], ids=["ascii", "2-byte", "3-byte", "4-byte", "floats"])
+def test_a_write_within_max_body_bytes_replicates(scratch, unit):
+    """The leader re-encodes each accepted write as an entry (seq, op and ts added, non-ASCII
+    escaped: "é" is 2 bytes in a request and 6 in an entry; 1e15 becomes 1000000000000000.0), so the
+    entry a follower receives can be larger than MAX_BODY_BYTES although the request was not."""
+    size = (MAX_BODY_BYTES * 9 // 10) // len(unit.encode("utf-8"))
+    if unit.startswith("1e"):
+        body = ('{"key": "expanding", "value": [' + unit * size + '1]}').encode()
+    else:
+        body = ('{"key": "expanding", "value": "' + unit * size + '"}').encode()
+    assert len(body) <= MAX_BODY_BYTES
+    try:
+        answer = scratch.request("leader", "POST", "/write", body)
+        assert answer.status == 200, push_errors(scratch, answer)
+        assert check_answer("POST", "/write", answer)["success"] is True
+    finally:
+        scratch.delete("expanding")
+
+
+def nested(depth: int, kind: str) -> bytes:
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    return b'{"a": ' * depth + b"1" + b"}" * depth
+
+
+def check_nested_write(cluster: Cluster, depth: int, kind: str) -> None:
+    """A nested value is either stored and read back intact, or refused with 400; never a 5xx."""
+    value = nested(depth, kind)
+    body = b'{"key": "deep", "value": ' + value + b"}"
+    before = cluster.snapshot()
+    answer = cluster.request("leader", "POST", "/write", body)
+    where = f"depth {depth} {kind}: {answer.status} {answer.raw[:200]!r}"
+    assert answer.status in (200, 400, 413), where
+    if answer.status != 200:
+        check_answer("POST", "/write", answer)
+        assert cluster.snapshot() == before, where
+        return
+    try:
+        # Read back as raw bytes: the test process has its own recursion limit for decoding.
+        seq = cluster.settle()
+        for node in NODES:
+            read = cluster.request(node, "GET", "/read/deep")
+            assert read.status == 200, (node, where)
+            assert read.raw == b'{"key": "deep", "value": ' + value + b', "found": true, "seq": %d}' % seq, (node, where)
+    finally:
+        cluster.delete("deep")
+
+
+@FEW
+@given(depth=st.integers(1, 120_000), kind=st.sampled_from(["array", "object"]))
+def test_deeply_nested_json_is_stored_or_refused(scratch, depth, kind):
+    check_nested_write(scratch, depth, kind)
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+def test_nesting_around_the_recursion_limit(scratch, kind):
+    """Every depth near Python's recursion limit: where parsing still works but encoding may not."""
+    for depth in range(930, 1010):
+        check_nested_write(scratch, depth, kind)
+
+
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"[1, NaN]", b'{"x": Infinity}',
+              b"1e999", b"-1e999", b"1E400", b"[2e308]", b'{"x": -1.5e309}']
+
+
+@pytest.mark.parametrize("literal", NON_FINITE, ids=[v.decode() for v in NON_FINITE])
+def test_nan_and_infinity_are_rejected(scratch, literal):
+    """Strict JSON has no NaN or Infinity, and a number too large for a double is no way around it."""
+    body = b'{"key": "non-finite", "value": ' + literal + b"}"
+    try:
+        send_rejected(scratch, "leader", "POST", "/write", body, expect=400)
+    finally:
+        scratch.delete("non-finite")  # if it was stored, do not leave it in /all for the next case
+
+
+# --- paths, methods, roles, secrets --------------------------------------------------------------
+
+ROUTE_PATTERNS = [re.compile(regex.pattern) for regex, _ in PATH_REGEXES]
+CONCRETE_PATHS = {template: re.sub(r"\{[^}]+\}", "some-key", template) for template in SPEC["paths"]}
+unknown_paths = (
+    st.sampled_from(["/", "/read/", "/delete/", "/READ/a", "/health/", "//health", "/write/", "/keys/x",
+                     "/openapi.yaml", "/%2e%2e/etc/passwd", "/read", "/delete", "/clear/all", "/status%00"])
+    | st.text(max_size=40).map(lambda t: "/" + quote(t.encode("utf-8", "surrogatepass"), safe="/"))
+).filter(lambda p: not any(r.fullmatch(p) for r in ROUTE_PATTERNS))
+
+
+@HYPOTHESIS
+@given(path=unknown_paths, method=st.sampled_from(sorted(TORNADO_METHODS - {"HEAD"})),
+       node=st.sampled_from(NODES), body=st.none() | st.binary(max_size=64))
+def test_unknown_paths_get_404(cluster, path, method, node, body):
+    answer = send_rejected(cluster, node, method, path, body, expect=404)
+    assert "no endpoint" in answer.json()["error"]
+
+
+OTHER_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PROPFIND", "BREW"]
+
+
+@HYPOTHESIS
+@given(template=st.sampled_from(sorted(SPEC["paths"])), method=st.sampled_from(OTHER_METHODS),
+       node=st.sampled_from(NODES), body=st.none() | st.binary(max_size=64))
+def test_wrong_methods_get_405_with_allow(cluster, template, method, node, body):
+    allowed = sorted(m.upper() for m in SPEC["paths"][template] if m in ("get", "post", "put", "delete", "patch"))
+    assume(method not in allowed)
+    answer = send_rejected(cluster, node, method, CONCRETE_PATHS[template], body, expect=405)
+    assert answer.headers["allow"] == ", ".join(allowed)
+
+
+@HYPOTHESIS
+@given(node=st.sampled_from(FOLLOWERS),
+       request=st.one_of(
+           st.builds(lambda k, v: ("POST", "/write", write_body(k, v)), valid_keys, json_values),
+           st.builds(lambda raw: ("POST", "/write", raw), st.binary(max_size=100)),
+           st.builds(lambda k: ("DELETE", key_path("/delete/", k), None), valid_keys | st.just("existing")),
+           st.just(("DELETE", "/clear", None)),
+       ))
+def test_followers_refuse_writes_and_name_the_leader(cluster, node, request):
+    if cluster.request("leader", "GET", "/read/existing").status == 404:
+        cluster.write("existing", "kept")
+    method, path, body = request
+    refusal = send_rejected(cluster, node, method, path, body, expect=403).json()
+    assert refusal["leader"] == cluster.leader_address
+    assert "follower" in refusal["error"] and cluster.leader_address in refusal["error"]
+
+
+secret_headers = st.none() | st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                                      max_size=40).filter(lambda s: s.strip() != SECRET)
+
+
+@HYPOTHESIS
+@given(secret=secret_headers, node=st.sampled_from(NODES), data=st.data())
+def test_internal_endpoints_refuse_requests_without_the_secret(cluster, secret, node, data):
+    headers = {} if secret is None else {"X-Replication-Secret": secret}
+    last = cluster.settle()
+    # Entries that a follower would store if the secret were not checked.
+    entry = data.draw(st.sampled_from([
+        {"seq": last + 1, "op": "set", "key": "injected", "value": 1, "ts": 0},
+        {"seq": last + 5, "op": "clear", "key": None, "value": None, "ts": 0},
+        {"seq": 1, "op": "set", "key": "rewritten", "value": "x", "ts": 0},
+    ]), label="entry")
+    answer = send_rejected(cluster, node, "POST", "/replicate", json.dumps(entry).encode(), headers, expect=403)
+    assert "X-Replication-Secret" in answer.json()["error"]
+    answer = send_rejected(cluster, node, "GET", f"/log?after=0&node_id={FOLLOWERS[0]}", None, headers, expect=403)
+    assert "X-Replication-Secret" in answer.json()["error"]
+
+
+query_values = st.integers(-5, 20_000).map(str) | st.text(max_size=12) | st.sampled_from(
+    ["", "1.5", "1e3", "0x10", " 7 ", "+3", "-0", "1_0", "٣", "9" * 5000, "NaN"])
+
+
+@HYPOTHESIS
+@given(params=st.dictionaries(st.sampled_from(["after", "upto", "limit"]), query_values, max_size=3))
+def test_log_query_parameters_are_checked(cluster, params):
+    path = "/log?" + "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
+    before = cluster.snapshot()
+    answer = cluster.request("leader", "GET", path, headers={"X-Replication-Secret": SECRET})
+    body = check_answer("GET", path, answer)
+    assert answer.status in (200, 400), answer
+    if answer.status == 200:
+        assert [e["seq"] for e in body["entries"]] == sorted(e["seq"] for e in body["entries"])
+    assert cluster.snapshot() == before
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u00b9", "1 0", "-1", "+5", "0x10", "5, 6", ""])
+def test_malformed_content_length_is_a_client_error(cluster, length):
+    """HTTP framing errors: the server cannot tell where the body ends, so it must answer 4xx."""
+    before = cluster.snapshot()
+    body = b'{"key": "framing", "value": 1}'
+    try:
+        answer = cluster.request("leader", "POST", "/write", body, headers={"Content-Length": length})
+        status = answer.status
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        status = None  # the server closed the connection: also a refusal
+    assert status is None or 400 <= status < 500, (length, status)
+    assert cluster.snapshot() == before
+
+
+# --- valid input ---------------------------------------------------------------------------------
+
+
+def wait_applied(cluster: Cluster, seq: int) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not all(cluster.get_json(f, "/status")["applied_seq"] >= seq for f in FOLLOWERS):
+        assert time.monotonic() < deadline, f"followers did not apply seq {seq} in {SETTLE_TIMEOUT_S} s"
+        time.sleep(0.02)
+
+
+@HYPOTHESIS
+@given(key=valid_keys, value=unicode_values)
+def test_valid_unicode_round_trips_to_every_node(cluster, key, value):
+    answer = cluster.request("leader", "POST", "/write", write_body(key, value))
+    written = check_answer("POST", "/write", answer)
+    assert answer.status == 200 and written["key"] == key and written["value"] == value
+    wait_applied(cluster, written["seq"])
+    path = key_path("/read/", key)
+    for node in NODES:
+        read = check_answer("GET", path, cluster.request(node, "GET", path))
+        assert read == {"key": key, "value": value, "found": True, "seq": written["seq"]}, node
+        assert cluster.get_json(node, "/all")["data"][key] == value, node
+        assert key in cluster.get_json(node, "/keys")["keys"], node
+    deleted = check_answer("DELETE", key_path("/delete/", key), cluster.request("leader", "DELETE", key_path("/delete/", key)))
+    assert deleted["success"] is True and deleted["seq"] > written["seq"]
+
+
+def test_concurrent_writes_to_one_key_are_ordered_by_seq(cluster):
+    writers = 20
+    start = cluster.settle()
+    barrier = threading.Barrier(writers)
+
+    def write(i: int) -> dict:
+        barrier.wait(timeout=10)
+        answer = cluster.request("leader", "POST", "/write", write_body("contended", {"writer": i}))
+        return check_answer("POST", "/write", answer) | {"status": answer.status}
+
+    with ThreadPoolExecutor(writers) as pool:
+        results = list(pool.map(write, range(writers)))
+    assert [r["status"] for r in results] == [200] * writers, results
+    seqs = sorted(r["seq"] for r in results)
+    assert seqs == list(range(start + 1, start + writers + 1)), seqs
+    winner = max(results, key=lambda r: r["seq"])
+    wait_applied(cluster, winner["seq"])
+    for node in NODES:
+        read = cluster.get_json(node, "/read/contended")
+        assert read["value"] == winner["value"] and read["seq"] == winner["seq"], node
+        assert cluster.get_json(node, "/all")["data"]["contended"] == winner["value"], node
+
+
+# --- generated from the OpenAPI description ------------------------------------------------------
+
+try:
+    import schemathesis
+except ImportError:  # pragma: no cover - schemathesis is in the "test" extra
+    schemathesis = None
+
+if schemathesis is not None:
+    API = schemathesis.openapi.from_path(OPENAPI_PATH)
+
+    def run_case(cluster: Cluster, node: str, case) -> None:
+        """One generated request: schemathesis' checks, ours, and no change unless it succeeded."""
+        before = cluster.snapshot()
+        response = case.call(base_url=f"http://127.0.0.1:{cluster.ports[node]}", timeout=30)
+        # JSON Schema counts a key's characters; the 1024 limit is on its UTF-8 bytes, so a key the
+        # schema allows can still be too long, and then its 400 is right.
+        keys = [(case.path_parameters or {}).get("key")]
+        keys += [case.body.get("key")] if isinstance(case.body, dict) else []
+        too_long = any(isinstance(k, str) and len(k.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES for k in keys)
+        case.validate_response(response, excluded_checks=[schemathesis.checks.positive_data_acceptance] if too_long else None)
+        headers = {name.lower(): value[0] if isinstance(value, list) else value
+                   for name, value in response.headers.items()}
+        answer = Answer(response.status_code, headers, response.content)
+        check_answer(case.method.upper(), response.request.path_url, answer)
+        if answer.status >= 400:
+            assert cluster.snapshot() == before, f"{case.method} {response.request.path_url} changed the cluster"
+
+    @API.parametrize()
+    @settings(HYPOTHESIS, max_examples=25, suppress_health_check=list(HealthCheck))
+    def test_generated_requests_to_a_follower(cluster, case):
+        run_case(cluster, "follower1", case)
+
+    @API.parametrize()
+    @settings(HYPOTHESIS, max_examples=25, suppress_health_check=list(HealthCheck))
+    def test_generated_requests_to_the_leader(cluster, case):
+        run_case(cluster, "leader", case)
+else:  # pragma: no cover
+
+    def test_generated_requests():
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
