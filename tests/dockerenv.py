@@ -7,49 +7,18 @@ fails. Without a Docker engine these tests skip on a workstation and fail under 
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from node.compose import SERVICES, Compose, compose_command, docker_available, prepare_base_image
+from tests.net import free_port_block, http
 
 # The suite's cluster: a shorter lag than the seed's 0..1000 ms keeps the suite fast while
 # still sending every entry with its own random delay.
 E2E_SETTINGS = {"MIN_DELAY": "0", "MAX_DELAY": "300", "WRITE_QUORUM": "2", "WRITE_TIMEOUT": "3000",
                 "CATCHUP_INTERVAL": "1000", "RESTART_POLICY": "no", "PUBLISH_HOST": "127.0.0.1"}
-
-
-def free_port_block(size: int = 6, start: int = 23000) -> int:
-    for base in range(start, 60000, 101):
-        socks = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of loopback ports")
-
-
-def http(method: str, url: str, body=None, timeout: float = 30):
-    """One JSON request; returns (status, decoded body)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def require_docker() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import re
-import socket
 
 import pandas as pd
 import pytest
@@ -32,6 +31,7 @@ from analysis.workload import (
     std_kth,
 )
 from node.log import HEADER, LOG_FILE_NAME, Entry, encode_record
+from tests.net import free_port_block
 
 # --- order statistics -------------------------------------------------------------------------
 
@@ -292,28 +292,10 @@ def test_report_numbers_come_from_the_data(tmp_path):
 # --- end to end on the local cluster ----------------------------------------------------------
 
 
-def free_base_port(start: int = 18100, size: int = 6) -> int:
-    """The first block of ``size`` free loopback ports from ``start`` on."""
-    for base in range(start, start + 1000, 10):
-        socks = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 @pytest.mark.cluster
 def test_study_end_to_end_on_the_local_cluster(tmp_path):
     out = tmp_path / "results"
-    paths = main(["--local", "--base-port", str(free_base_port()), "--writes", "20", "--concurrency", "5",
+    paths = main(["--local", "--base-port", str(free_port_block()), "--writes", "20", "--concurrency", "5",
                   "--quorums", "1", "5", "--min-delay", "0", "--max-delay", "100", "--output", str(out),
                   "--data-dir", str(tmp_path / "data"), "--no-progress"])
 

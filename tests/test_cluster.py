@@ -1,9 +1,7 @@
 """The local six-process cluster (`python -m node.cluster`): the same nodes as real processes."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,36 +11,14 @@ import pytest
 
 from node import cluster as local_cluster
 from node.logtool import compare_logs
+from tests import net
+from tests.net import free_port_block
 
 pytestmark = pytest.mark.cluster
 
 
-def free_port_block(size: int = 6) -> int:
-    """A base port whose next ``size`` ports are free on loopback."""
-    for base in range(20000, 60000, 97):
-        socks = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 def http(method, port, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return net.http(method, f"http://127.0.0.1:{port}{path}", body)
 
 
 def wait_converged(base, followers=5, timeout=20.0):

@@ -12,7 +12,8 @@ import pytest
 from node import cluster as local_cluster
 from node.logtool import compare_logs, load
 from tests.history import Load, check, check_sequence, record
-from tests.test_cluster import free_port_block, http, wait_converged
+from tests.net import free_port_block
+from tests.test_cluster import http, wait_converged
 
 pytestmark = pytest.mark.cluster
 

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from hypothesis import strategies as st
 
 from node import cluster as local_cluster
 from node.handlers import MAX_KEY_BYTES, OPENAPI_PATH
+from tests.net import free_port_block
 
 pytestmark = pytest.mark.cluster
 
@@ -65,25 +65,6 @@ def strict_json(raw: bytes) -> Any:
         raise ValueError(f"{name} is not JSON")
 
     return json.loads(raw.decode("utf-8"), parse_constant=reject)
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1 right now."""
-    # Below Linux's ephemeral range (32768+), where outgoing connections take their ports.
-    for base in range(20000 + os.getpid() % 500 * 20, 32700, 7):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 class Cluster:
