@@ -129,7 +129,7 @@ def plot_convergence(ax: plt.Axes, consistency: pd.DataFrame, quorums: list[int]
     ax.scatter([], [], color="black", s=16, label="measured: matches leader (poll)")
     ax.scatter([], [], color="tab:red", marker="x", s=22, label="last send's delay over (drawn delays)")
     ax.set_xticks(range(len(quorums)), [str(q) for q in quorums])
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best")
     ax.set(xlabel="write quorum k (one pair per follower)", ylabel="seconds after the last write returned",
            title="Time until each follower matches the leader")
 
