@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from node.config import Config
 from node.limits import LOG_PAGE_BYTES, REPLICATE_BODY_FACTOR
-from node.log import Entry, LogFile
+from node.log import Entry, Fingerprints, LogFile, fingerprint
 from node.replication import SECRET_HEADER, make_http_client
 from node.store import Store
 from node.tasks import InFlight, TaskGroup
@@ -54,7 +54,10 @@ class Follower:
         self.background = TaskGroup("catch-up")
         self._stopping = asyncio.Event()
         self.receiving = InFlight()
+        self.fingerprints = Fingerprints()
+        self.last_conflict: str | None = None
         for entry in entries:  # the log is in arrival order; replay sorts it out
+            self.fingerprints.set(entry.seq, fingerprint(entry))
             if not self._holds(entry.seq):
                 self.pending[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
@@ -81,6 +84,7 @@ class Follower:
         for entry in entries:
             if not self._holds(entry.seq):
                 self.log.append(entry)
+                self.fingerprints.set(entry.seq, fingerprint(entry))
                 self.inflight[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
                 fresh.append(entry)
@@ -97,12 +101,14 @@ class Follower:
         self._apply_ready()
 
     def _check_no_conflict(self, entry: Entry) -> None:
-        known = self.pending.get(entry.seq) or self.inflight.get(entry.seq)
-        if known is not None and known != entry:
-            raise EntryConflict(
-                f"seq {entry.seq} already holds {known.to_dict()}, leader now sends {entry.to_dict()}; "
-                f"the leader's log was replaced: reset this follower's DATA_DIR"
+        held = self.fingerprints.get(entry.seq)
+        if held and held != fingerprint(entry):
+            self.last_conflict = (
+                f"seq {entry.seq}: the leader sent an entry that differs from the one this follower holds; "
+                f"the leader's log was replaced (e.g. restarted on an empty DATA_DIR). This follower keeps "
+                f"its data and refuses the new history: restore the leader's log, or reset this follower's DATA_DIR"
             )
+            raise EntryConflict(self.last_conflict)
 
     def _apply_ready(self) -> None:
         while self.store.applied_seq + 1 in self.pending:
@@ -150,6 +156,12 @@ class Follower:
                 log.info("leader %s reachable again", self.config.leader)
                 self.last_pull_error = None
             self.leader_last_seq = int(answer["last_seq"])
+            if self.leader_last_seq < self.store.applied_seq and self.last_conflict is None:
+                self.last_conflict = (
+                    f"the leader holds {self.leader_last_seq} entries but this follower applied "
+                    f"{self.store.applied_seq}: the leader lost or replaced its log"
+                )
+                log.error("%s", self.last_conflict)
             if not answer.get("more"):
                 return self.leader_last_seq
 
@@ -168,6 +180,7 @@ class Follower:
             "keys": len(self.store.keys()),
             "fsync": self.config.fsync,
             "last_pull_error": self.last_pull_error,
+            "last_conflict": self.last_conflict,
         }
 
     async def drain(self, timeout: float) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import zlib
+from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,9 +89,46 @@ class Entry:
         return cls(seq=seq, op=op, key=key, value=data["value"], ts=float(ts))
 
 
+def _canonical(entry: Entry) -> bytes:
+    return json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+
 def encode_record(entry: Entry) -> bytes:
-    body = json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    body = _canonical(entry)
     return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def fingerprint(entry: Entry) -> int:
+    """A non-zero 32-bit digest of an entry, to tell a redelivery from a different entry."""
+    return zlib.crc32(_canonical(entry)) % 0xFFFFFFFF + 1
+
+
+class Fingerprints:
+    """seq -> fingerprint of the entry held under it, in 4 bytes per entry.
+
+    A follower keeps these for every entry it holds, applied or not, so an entry that arrives
+    again under a known seq is either a harmless duplicate or a sign that the leader's history
+    was replaced (for example a leader restarted on an empty DATA_DIR numbering from 1 again).
+    """
+
+    DENSE_GROWTH = 1 << 16  # beyond this jump ahead, keep the seq in a dict instead
+
+    def __init__(self) -> None:
+        self._dense = array("I")
+        self._sparse: dict[int, int] = {}
+
+    def get(self, seq: int) -> int:
+        held = self._dense[seq - 1] if seq <= len(self._dense) else 0
+        return held or self._sparse.get(seq, 0)
+
+    def set(self, seq: int, value: int) -> None:
+        missing = seq - len(self._dense)
+        if 0 < missing <= self.DENSE_GROWTH:
+            self._dense.extend(array("I", bytes(4 * missing)))
+        if seq <= len(self._dense):
+            self._dense[seq - 1] = value
+        else:
+            self._sparse[seq] = value
 
 
 def _decode_record(line: bytes) -> Entry:

@@ -28,6 +28,7 @@ from node.tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Replication-Secret"
+REFUSED = "refused"
 RETRY_WINDOW_S = 30.0
 MAX_BACKOFF_S = 1.0
 SEND_TIMEOUT_S = 10.0
@@ -121,6 +122,8 @@ class Replicator:
             error = await self._post(progress, seq, body)
             if error is None:
                 return
+            if error.startswith(REFUSED):  # the follower judged the entry itself: retrying cannot help
+                return
             if progress.match >= seq:  # it arrived meanwhile through the follower's catch-up
                 return
             if loop.time() + backoff > deadline:
@@ -146,6 +149,11 @@ class Replicator:
             )
         except Exception as exc:  # connection refused, reset, timeout
             return self._failed(progress, f"{type(exc).__name__}: {exc}")
+        if 400 <= response.code < 500 and response.code not in (408, 429):
+            error = f"{REFUSED} seq {seq} with HTTP {response.code}: {response.body[:300]!r}"
+            log.error("%s %s", progress.address, error)
+            progress.last_error = error
+            return error
         if response.code != 200:
             return self._failed(progress, f"HTTP {response.code}: {response.body[:200]!r}")
         try:

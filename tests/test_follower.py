@@ -56,8 +56,31 @@ async def test_duplicate_delivery_is_harmless(tmp_path):
 async def test_different_entry_under_a_held_seq_is_a_conflict(tmp_path):
     follower = make_follower(tmp_path)
     await follower.receive(entry(2, "a", 1))
-    with pytest.raises(EntryConflict, match="seq 2 already holds"):
+    with pytest.raises(EntryConflict, match="seq 2: the leader sent an entry that differs"):
         await follower.receive(entry(2, "a", 999))
+
+
+@pytest.mark.gen_test
+async def test_a_different_entry_under_an_applied_seq_is_a_conflict_too(tmp_path):
+    follower = make_follower(tmp_path)
+    for seq in (1, 2):
+        await follower.receive(entry(seq))
+    await follower.receive(entry(1))  # the same entry again: harmless
+    with pytest.raises(EntryConflict):
+        await follower.receive(Entry(1, "set", "other", "history", 99.0))
+    assert follower.store.snapshot() == {"k1": 1, "k2": 2}
+    assert "leader's log was replaced" in follower.status()["last_conflict"]
+
+
+@pytest.mark.gen_test
+async def test_conflicts_survive_a_restart(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive(entry(1))
+    await follower.close()
+    again = make_follower(tmp_path)
+    with pytest.raises(EntryConflict):
+        await again.receive(Entry(1, "set", "k1", "new", 5.0))
+    await again.close()
 
 
 @pytest.mark.gen_test

@@ -118,3 +118,18 @@ async def test_off_policy_never_syncs(tmp_path, monkeypatch):
     log.append(entry(1))
     await log.sync()
     assert calls == []
+
+
+def test_fingerprints_tell_redelivery_from_a_different_entry():
+    from node.log import Fingerprints, fingerprint
+
+    prints = Fingerprints()
+    far = 10 + Fingerprints.DENSE_GROWTH * 3  # a jump ahead is kept without a huge allocation
+    for seq in (3, 1, far):
+        prints.set(seq, fingerprint(entry(seq)))
+    assert prints.get(2) == 0 and prints.get(far - 1) == 0
+    assert prints.get(1) == fingerprint(entry(1)) and prints.get(far) == fingerprint(entry(far))
+    assert fingerprint(entry(3)) != fingerprint(entry(3, value="other"))
+    for seq in range(4, far):  # filling the hole moves into the dense array; the far one stays
+        prints.set(seq, 7)
+    assert prints.get(far) == fingerprint(entry(far)) and prints.get(far - 1) == 7

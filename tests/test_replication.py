@@ -152,3 +152,26 @@ async def test_catch_up_pages_through_a_long_log(make_cluster, monkeypatch):
         await cluster.settled()
         status, answer = await cluster.request("follower1", "GET", "/all")
         assert answer["count"] == 15 and answer["applied_seq"] == 15
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_leader_restarted_on_an_empty_data_dir_cannot_silently_rewrite_history(make_cluster, tmp_path):
+    import shutil
+
+    async with make_cluster(MAX_DELAY="5", WRITE_TIMEOUT="500") as cluster:
+        for i in range(3):
+            await cluster.write(f"k{i}", i)
+        await cluster.settled()
+        await cluster.stop("leader")
+        shutil.rmtree(tmp_path / "leader")  # the leader's log is lost: numbering would restart at 1
+        await cluster.start("leader")
+        status, answer = await cluster.request("leader", "POST", "/write", {"key": "new", "value": "history"})
+        # No follower acknowledges seq 1 again as a duplicate: the write is refused loudly.
+        assert status == 504 and answer["confirmations"] == 0
+        for name in cluster.follower_names:
+            _, data = await cluster.request(name, "GET", "/all")
+            assert data["data"] == {"k0": 0, "k1": 1, "k2": 2}
+            _, follower = await cluster.request(name, "GET", "/status")
+            assert "leader" in follower["last_conflict"]
+        _, leader = await cluster.request("leader", "GET", "/status")
+        assert all("refused" in f["last_error"] for f in leader["followers"].values())
