@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="K", help="write quorums to study (default: 1 2 3 4 5)")
     w.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY in ms (default: %(default)s)")
     w.add_argument("--max-delay", type=int, default=1000, help="MAX_DELAY in ms (default: %(default)s)")
-    w.add_argument("--seed", type=int, default=1, help="seed of the key choice and the bootstrap (default: %(default)s)")
+    w.add_argument("--seed", type=int, default=1, help="seed of the key choice, the bootstrap and the leader's delay draws "
+                        "(DELAY_SEED, the same for every quorum) (default: %(default)s)")
     w.add_argument("--output", default=DEFAULT_OUTPUT, help="output directory (default: analysis/results/)")
     w.add_argument("--poll-interval", type=float, default=0.05, help="convergence poll interval, s (default: %(default)s)")
     w.add_argument("--converge-timeout", type=float, default=30.0, help="max wait for convergence, s (default: %(default)s)")
@@ -84,8 +85,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def make_cluster(args: argparse.Namespace, data_dir: str | None) -> Cluster:
     if args.local:
-        return LocalCluster(data_dir, args.base_port, args.min_delay, args.max_delay, args.node_log_level)
-    return ComposeCluster(make_endpoints(args.base_url, args.base_port), args.min_delay, args.max_delay,
+        return LocalCluster(data_dir, args.base_port, args.min_delay, args.max_delay, args.seed, args.node_log_level)
+    return ComposeCluster(make_endpoints(args.base_url, args.base_port), args.min_delay, args.max_delay, args.seed,
                           args.project_name)
 
 

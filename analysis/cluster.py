@@ -107,9 +107,14 @@ class Cluster(Protocol):
     def close(self) -> None: ...
 
 
-def node_settings(quorum: int, min_delay: int, max_delay: int) -> dict[str, str]:
-    """The leader settings that define one run of the study."""
-    return {"WRITE_QUORUM": str(quorum), "MIN_DELAY": str(min_delay), "MAX_DELAY": str(max_delay)}
+def node_settings(quorum: int, min_delay: int, max_delay: int, seed: int) -> dict[str, str]:
+    """The leader settings that define one run of the study.
+
+    Every quorum gets the same DELAY_SEED, so every quorum draws the same sequence of delays
+    (common random numbers): differences between quorums then come from k, less from luck.
+    """
+    return {"WRITE_QUORUM": str(quorum), "MIN_DELAY": str(min_delay), "MAX_DELAY": str(max_delay),
+            "DELAY_SEED": str(seed)}
 
 
 class LocalCluster:
@@ -121,8 +126,9 @@ class LocalCluster:
 
     description = "local processes (node.cluster)"
 
-    def __init__(self, data_dir: str, base_port: int, min_delay: int, max_delay: int,
+    def __init__(self, data_dir: str, base_port: int, min_delay: int, max_delay: int, seed: int,
                  log_level: str = "ERROR") -> None:
+        self.seed = seed
         self.data_dir = os.path.abspath(data_dir)
         self.base_port = base_port
         self.min_delay, self.max_delay = min_delay, max_delay
@@ -134,7 +140,7 @@ class LocalCluster:
         from node import cluster
 
         self.close()
-        env = dict(os.environ, LOG_LEVEL=self.log_level, **node_settings(quorum, self.min_delay, self.max_delay))
+        env = dict(os.environ, LOG_LEVEL=self.log_level, **node_settings(quorum, self.min_delay, self.max_delay, self.seed))
         self.procs = cluster.start(self.data_dir, self.base_port, env=env)
 
     def log_paths(self, workdir: str) -> dict[str, str]:
@@ -161,9 +167,11 @@ class ComposeCluster:
     /status afterwards and stops if the settings did not arrive.
     """
 
-    def __init__(self, endpoints: Endpoints, min_delay: int, max_delay: int, project: str | None = None) -> None:
+    def __init__(self, endpoints: Endpoints, min_delay: int, max_delay: int, seed: int,
+                 project: str | None = None) -> None:
         from node.compose import Compose
 
+        self.seed = seed
         self.endpoints = endpoints
         self.min_delay, self.max_delay = min_delay, max_delay
         ports = {name: _port(url) for name, url in endpoints.by_name.items()}
@@ -173,7 +181,7 @@ class ComposeCluster:
     def configure(self, quorum: int) -> None:
         followers = list(self.endpoints.by_name)[1:]
         self.compose.up(*followers)
-        self.compose.up("leader", env=node_settings(quorum, self.min_delay, self.max_delay), recreate=True)
+        self.compose.up("leader", env=node_settings(quorum, self.min_delay, self.max_delay, self.seed), recreate=True)
 
     def log_paths(self, workdir: str) -> dict[str, str]:
         """Logs live in named volumes: copy each one out of its container."""

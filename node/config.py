@@ -42,6 +42,7 @@ class Config:
     min_delay_ms: int = 0
     max_delay_ms: int = 0
     write_timeout_ms: int = 0
+    delay_seed: int | None = None
     # Follower only.
     leader: str = ""
     catchup_interval_ms: int = 0
@@ -155,4 +156,6 @@ def _leader_settings(env: Mapping[str, str]) -> dict:
         min_delay_ms=min_delay,
         max_delay_ms=max_delay,
         write_timeout_ms=_int(env, "WRITE_TIMEOUT", 10_000, 1, 3_600_000, " ms"),
+        # Unset: fresh random delays each start. Set: the same sequence of draws, for repeatable studies.
+        delay_seed=_int(env, "DELAY_SEED", None, 0, 2**63 - 1) if env.get("DELAY_SEED", "").strip() else None,
     )

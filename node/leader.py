@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ class Leader:
         self.writes = InFlight()
         self.replicator = Replicator(
             self.progress, config.min_delay_ms, config.max_delay_ms,
-            config.replication_secret, self.tracker.confirm,
+            config.replication_secret, self.tracker.confirm, random.Random(config.delay_seed),
         )
         if self.entries:
             log.info("replayed %d entries from %s; numbering continues at %d",
@@ -129,6 +130,7 @@ class Leader:
             "min_delay_ms": self.config.min_delay_ms,
             "max_delay_ms": self.config.max_delay_ms,
             "write_timeout_ms": self.config.write_timeout_ms,
+            "delay_seed": self.config.delay_seed,
             "fsync": self.config.fsync,
             "replications_in_flight": len(self.replicator.sends),
             "followers": followers,

@@ -203,11 +203,11 @@ def test_writes_keep_exactly_concurrency_in_flight_and_record_the_draws():
 
 
 def test_compose_cluster_maps_the_study_ports_to_compose_variables():
-    cluster = ComposeCluster(make_endpoints("http://127.0.0.1", 9000), 5, 500, project="study")
+    cluster = ComposeCluster(make_endpoints("http://127.0.0.1", 9000), 5, 500, 7, project="study")
     env = cluster.compose.env
     assert env["LEADER_PORT"] == "9000" and env["FOLLOWER5_PORT"] == "9005"
     assert cluster.compose.project == "study"
-    assert node_settings(3, 5, 500) == {"WRITE_QUORUM": "3", "MIN_DELAY": "5", "MAX_DELAY": "500"}
+    assert node_settings(3, 5, 500, 7) == {"WRITE_QUORUM": "3", "MIN_DELAY": "5", "MAX_DELAY": "500", "DELAY_SEED": "7"}
 
 
 def test_cli_defaults_and_rejections():

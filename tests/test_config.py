@@ -65,3 +65,10 @@ def test_node_refuses_to_start_with_one_line_naming_the_variable(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == ["config error: WRITE_QUORUM=3 is out of range 1..1 (number of followers in FOLLOWERS is 1)"]
+
+
+def test_delay_seed_is_optional_and_validated():
+    assert load_config(LEADER).delay_seed is None
+    assert load_config({**LEADER, "DELAY_SEED": "42"}).delay_seed == 42
+    with pytest.raises(ConfigError, match="DELAY_SEED=-3 is out of range"):
+        load_config({**LEADER, "DELAY_SEED": "-3"})

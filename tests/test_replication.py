@@ -175,3 +175,13 @@ async def test_leader_restarted_on_an_empty_data_dir_cannot_silently_rewrite_his
             assert "leader" in follower["last_conflict"]
         _, leader = await cluster.request("leader", "GET", "/status")
         assert all("refused" in f["last_error"] for f in leader["followers"].values())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_delay_seed_repeats_the_same_draws(make_cluster):
+    draws = []
+    for _ in range(2):
+        async with make_cluster(MAX_DELAY="30", DELAY_SEED="7") as cluster:
+            answers = [await cluster.write(f"k{i}", i) for i in range(3)]
+            draws.append([sorted(a["debug"]["replication_delays_ms"].values()) for a in answers])
+    assert draws[0] == draws[1] and len({tuple(d) for d in draws[0]}) == 3
