@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import pytest
 
@@ -96,3 +97,22 @@ def test_stopped_follower_quorum_limits_and_catch_up(compose, tmp_path):
     assert http("GET", compose.url("follower3") + "/read/needs-all-five")[1]["value"] == 1
     report = logs_equal(compose, tmp_path)
     assert report["equal"], report
+
+
+def test_quorum_study_runs_against_the_compose_cluster(compose, docker_compose_project_name, tmp_path):
+    import pandas as pd
+
+    from analysis.__main__ import main as study
+
+    try:
+        paths = study(["-p", docker_compose_project_name, "--base-port", str(compose.ports["leader"]),
+                       "--writes", "10", "--concurrency", "5", "--quorums", "1", "3", "--max-delay", "200",
+                       "--output", str(tmp_path / "results"), "--no-progress"])
+    finally:  # back to the suite's settings for the tests that follow
+        compose.up("leader", env={"WRITE_QUORUM": "2"}, recreate=True)
+    writes = pd.read_csv(paths["writes"])
+    assert len(writes) == 20 and writes["success"].all()
+    assert (writes["confirmations"] >= writes["quorum"]).all()
+    summary = json.loads(open(paths["summary"]).read())
+    assert "Docker Compose" in summary["parameters"]["cluster"]
+    assert (tmp_path / "results" / "REPORT.md").exists()
