@@ -80,6 +80,11 @@ class FollowerProgress:
         self.match = 0
         self._ahead: set[int] = set()
         self.last_error: str | None = None
+        self.failing_since: float | None = None  # loop time of the first failure in a row
+
+    def down_for(self, now: float) -> float:
+        """Seconds this follower has been failing without a success in between (0 if healthy)."""
+        return 0.0 if self.failing_since is None else now - self.failing_since
 
     def confirmed(self, seq: int) -> None:
         if seq > self.match:

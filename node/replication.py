@@ -35,6 +35,8 @@ SEND_TIMEOUT_S = 10.0
 # Tornado's default of 10 simultaneous requests would queue sends behind each other and show
 # up as replication lag; 10 concurrent writes x 5 followers alone need 50.
 MAX_CLIENTS = 10_000
+# A follower whose sends have failed for this long counts as down (see _send).
+DOWN_AFTER_S = 2.0
 
 
 DNS_TTL_S = 2.0
@@ -126,6 +128,10 @@ class Replicator:
                 return
             if progress.match >= seq:  # it arrived meanwhile through the follower's catch-up
                 return
+            if progress.down_for(loop.time()) > DOWN_AFTER_S:
+                # A follower failing this long is down: one attempt per entry, no retry storm
+                # against it; it pulls what it missed from /log once it is back.
+                return
             if loop.time() + backoff > deadline:
                 log.warning(
                     "gave up pushing seq %d to %s after %d attempts (%s); it will pull the entry from /log",
@@ -164,6 +170,7 @@ class Replicator:
         if progress.last_error is not None:
             log.info("follower %s reachable again", progress.address)
             progress.last_error = None
+            progress.failing_since = None
         progress.node_id = answer.get("node_id")
         progress.confirmed(seq)
         progress.reported_applied(applied)
@@ -173,7 +180,10 @@ class Replicator:
     @staticmethod
     def _failed(progress: FollowerProgress, error: str) -> str:
         if progress.last_error is None:
-            log.warning("replication to %s failing: %s", progress.address, error)
+            log.warning("replication to %s failing: %s; it will pull missed entries from /log when back",
+                        progress.address, error)
+        if progress.failing_since is None:
+            progress.failing_since = asyncio.get_running_loop().time()
         progress.last_error = error
         return error
 

@@ -185,3 +185,24 @@ async def test_delay_seed_repeats_the_same_draws(make_cluster):
             answers = [await cluster.write(f"k{i}", i) for i in range(3)]
             draws.append([sorted(a["debug"]["replication_delays_ms"].values()) for a in answers])
     assert draws[0] == draws[1] and len({tuple(d) for d in draws[0]}) == 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_no_retry_storm_against_a_follower_that_is_down(make_cluster, monkeypatch):
+    from node import replication
+
+    monkeypatch.setattr(replication, "DOWN_AFTER_S", 0.2)
+    async with make_cluster(MAX_DELAY="5") as cluster:
+        await cluster.stop("follower4")
+        for i in range(20):
+            await cluster.write(f"k{i}", i)
+        sends = cluster.nodes["leader"].replicator.sends
+        # Without the rule each send to follower4 would go on retrying for RETRY_WINDOW_S (30 s).
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(sends) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(sends) == 0
+        _, status = await cluster.request("leader", "GET", "/status")
+        assert status["followers"][cluster.address("follower4")]["last_error"]
+        await cluster.start("follower4")  # back: it pulls everything it missed
+        await cluster.settled()
