@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from node import cluster as local_cluster
-from node.handlers import MAX_KEY_BYTES, OPENAPI_PATH
+from node.handlers import OPENAPI_PATH
+from node.limits import MAX_KEY_BYTES
 from tests.net import free_port_block
 
 pytestmark = pytest.mark.cluster

@@ -1,0 +1,82 @@
+"""Validation of client input: strict JSON, keys, and the error that reports what was wrong.
+
+Kept apart from the handlers so the rules read in one place: a request that breaks one gets a
+4xx with a message naming the rule, and never reaches the node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from tornado.web import HTTPError
+
+from node.limits import MAX_JSON_DEPTH, MAX_KEY_BYTES
+
+
+class ApiError(HTTPError):
+    """An error answer: status, a message that says what was wrong, optional extra fields."""
+
+    def __init__(self, status: int, message: str, **fields: Any) -> None:
+        super().__init__(status, log_message=None)
+        self.message = message
+        self.fields = fields
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is too large for a double")
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body as strict JSON (no NaN/Infinity); raise ApiError(400) otherwise."""
+    if not raw.strip():
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    _check_depth(value)
+    return value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def validate_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise ApiError(400, f"'key' must be a string, got {json_type(key)}")
+    if not key:
+        raise ApiError(400, "'key' must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ApiError(400, "'key' contains an unpaired surrogate; it must be valid Unicode") from None
+    if size > MAX_KEY_BYTES:
+        raise ApiError(400, f"'key' is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes (UTF-8)")
+    return key
