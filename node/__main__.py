@@ -1,3 +1,5 @@
+"""``python -m node``: run one node, leader or follower as ROLE says."""
+
 from node.app import main
 
 main()

@@ -1,3 +1,5 @@
+"""Shared fixtures: the in-process cluster factory, the Compose cluster, the fault table."""
+
 import pytest
 
 from tests.inprocess import InProcessCluster

@@ -1,3 +1,5 @@
+"""Settings: defaults from the seed, and one clear line for every wrong value."""
+
 import subprocess
 import sys
 

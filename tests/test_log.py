@@ -1,3 +1,5 @@
+"""The replication log: append and replay, torn tails, damage in the middle, durability policies."""
+
 import asyncio
 import os
 

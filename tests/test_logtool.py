@@ -1,3 +1,5 @@
+"""``python -m node.logtool``: show, verify and compare logs by sequence number."""
+
 import pytest
 
 from node import logtool

@@ -1,3 +1,5 @@
+"""The quorum wait and follower progress, table-driven and free of I/O."""
+
 import asyncio
 
 import pytest
