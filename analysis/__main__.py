@@ -223,5 +223,19 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     return paths
 
 
+def cli() -> None:
+    """Entry point: a failure ends with one line that names the cause, not a traceback."""
+    from node.compose import ComposeError
+
+    try:
+        main()
+    except ComposeError as exc:
+        sys.exit(f"error: {exc}\nIs the cluster built and up? Run `make up` first, or use --local.")
+    except (RuntimeError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
 if __name__ == "__main__":
-    main()
+    cli()
