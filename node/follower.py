@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from node.config import Config
 from node.limits import LOG_PAGE_BYTES, REPLICATE_BODY_FACTOR
-from node.log import Entry, Fingerprints, LogFile, fingerprint
+from node.log import Entry, Fingerprints, LogFile, encode_record, fingerprint, record_fingerprint
 from node.replication import SECRET_HEADER, make_http_client
 from node.store import Store
 from node.tasks import InFlight, TaskGroup
@@ -78,13 +78,14 @@ class Follower:
             await self._receive_batch(entries)
 
     async def _receive_batch(self, entries: list[Entry]) -> None:
-        for entry in entries:  # check all first: a conflict must not leave half a batch behind
-            self._check_no_conflict(entry)
+        records = [encode_record(entry) for entry in entries]
+        for entry, record in zip(entries, records):  # all first: a conflict must not leave half a batch
+            self._check_no_conflict(entry.seq, record_fingerprint(record))
         fresh = []
-        for entry in entries:
+        for entry, record in zip(entries, records):
             if not self._holds(entry.seq):
-                self.log.append(entry)
-                self.fingerprints.set(entry.seq, fingerprint(entry))
+                self.log.append_record(record)
+                self.fingerprints.set(entry.seq, record_fingerprint(record))
                 self.inflight[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
                 fresh.append(entry)
@@ -100,11 +101,11 @@ class Follower:
                 self.pending[entry.seq] = entry
         self._apply_ready()
 
-    def _check_no_conflict(self, entry: Entry) -> None:
-        held = self.fingerprints.get(entry.seq)
-        if held and held != fingerprint(entry):
+    def _check_no_conflict(self, seq: int, print_: int) -> None:
+        held = self.fingerprints.get(seq)
+        if held and held != print_:
             self.last_conflict = (
-                f"seq {entry.seq}: the leader sent an entry that differs from the one this follower holds; "
+                f"seq {seq}: the leader sent an entry that differs from the one this follower holds; "
                 f"the leader's log was replaced (e.g. restarted on an empty DATA_DIR). This follower keeps "
                 f"its data and refuses the new history: restore the leader's log, or reset this follower's DATA_DIR"
             )

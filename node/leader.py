@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import Config
-from node.log import Entry, LogFile
+from node.log import Entry, LogFile, encode_record, record_body
 from node.quorum import FollowerProgress, QuorumTimeout, QuorumTracker
 from node.replication import Replicator
 from node.store import Store
@@ -86,11 +86,12 @@ class Leader:
     async def _submit(self, op: str, key: str | None, value: Any) -> WriteOutcome:
         entry = Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=time.time())
         # No await between numbering and appending: entries reach the log in seq order.
-        self.log.append(entry)
+        record = encode_record(entry)
+        self.log.append_record(record)
         self.entries.append(entry)
         self.store.apply(entry)
         quorum_reached = self.tracker.expect(entry.seq)
-        delays = self.replicator.replicate(entry)
+        delays = self.replicator.replicate(entry.seq, record_body(record))
         durable = asyncio.ensure_future(self.log.sync())
         try:
             confirmations = await self.tracker.wait(entry.seq, quorum_reached, self.config.write_timeout_ms)

@@ -98,9 +98,19 @@ def encode_record(entry: Entry) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
+def record_body(record: bytes) -> bytes:
+    """The JSON of an encoded record: what the leader sends, so each entry is encoded once."""
+    return record[9:-1]
+
+
+def record_fingerprint(record: bytes) -> int:
+    """A non-zero 32-bit digest of an encoded record (its checksum), to tell a redelivery
+    from a different entry under the same seq."""
+    return int(record[:8], 16) % 0xFFFFFFFF + 1
+
+
 def fingerprint(entry: Entry) -> int:
-    """A non-zero 32-bit digest of an entry, to tell a redelivery from a different entry."""
-    return zlib.crc32(_canonical(entry)) % 0xFFFFFFFF + 1
+    return record_fingerprint(encode_record(entry))
 
 
 class Fingerprints:
@@ -228,7 +238,11 @@ class LogFile:
 
     def append(self, entry: Entry) -> None:
         """Hand one record to the OS in a single write; call :meth:`sync` to make it durable."""
-        self._file.write(encode_record(entry))
+        self.append_record(encode_record(entry))
+
+    def append_record(self, record: bytes) -> None:
+        """Like :meth:`append`, for a record already made by :func:`encode_record`."""
+        self._file.write(record)
         self._file.flush()
         self._appended += 1
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import DefaultExecutorResolver, Resolver
 
-from node.log import Entry
 from node.quorum import FollowerProgress
 from node.tasks import TaskGroup
 
@@ -82,7 +81,7 @@ class Replicator:
     """Sends entries to followers and tracks what each follower has confirmed.
 
         replicator = Replicator(progress, 0, 1000, secret="", on_confirm=tracker.confirm)
-        delays = replicator.replicate(entry)   # returns at once; sends run in the background
+        delays = replicator.replicate(entry.seq, body)   # returns at once; sends run in the background
     """
 
     def __init__(
@@ -103,17 +102,17 @@ class Replicator:
         self.client = make_http_client()
         self.sends = TaskGroup("replication")
 
-    def replicate(self, entry: Entry) -> dict[str, float]:
-        """Start one delayed send per follower; return the delay (ms) drawn for each."""
-        body = json.dumps(entry.to_dict())
+    def replicate(self, seq: int, body: bytes) -> dict[str, float]:
+        """Start one delayed send of entry ``seq`` (its JSON ``body``) per follower; return the
+        delay (ms) drawn for each."""
         delays = {}
         for address, progress in self.progress.items():
             delay = self.rng.uniform(self.min_delay_ms, self.max_delay_ms)
             delays[address] = round(delay, 3)
-            self.sends.spawn(self._send(progress, entry.seq, body, delay))
+            self.sends.spawn(self._send(progress, seq, body, delay))
         return delays
 
-    async def _send(self, progress: FollowerProgress, seq: int, body: str, delay_ms: float) -> None:
+    async def _send(self, progress: FollowerProgress, seq: int, body: bytes, delay_ms: float) -> None:
         await asyncio.sleep(delay_ms / 1000)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RETRY_WINDOW_S
@@ -141,7 +140,7 @@ class Replicator:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    async def _post(self, progress: FollowerProgress, seq: int, body: str) -> str | None:
+    async def _post(self, progress: FollowerProgress, seq: int, body: bytes) -> str | None:
         """One attempt; return None on confirmation, else a description of the failure."""
         try:
             response = await self.client.fetch(
