@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from node.handlers import OPENAPI_PATH
 from node.logtool import compare_logs
 from tests.dockerenv import http, wait_converged
 
@@ -45,6 +46,14 @@ def test_writes_reach_every_follower_and_logs_are_equal(compose, tmp_path):
     report = logs_equal(compose, tmp_path)
     assert report["equal"], report
     assert report["entries"] == leader["applied_seq"]
+
+
+def test_every_container_serves_the_api_description(compose):
+    with open(OPENAPI_PATH) as f:
+        expected = json.load(f)
+    for service in ("leader", *FOLLOWERS):
+        status, answer = http("GET", compose.url(service) + "/openapi.json")
+        assert status == 200 and answer == expected
 
 
 def test_follower_refuses_writes_naming_the_leader(compose):
