@@ -62,7 +62,8 @@ def settle_and_check(compose, tmp_path, name: str, result, prefix: str, note: st
 
 
 def run_fault(compose, tmp_path, name, inject, heal, count=150, note=""):
-    """Load -> inject after a quarter -> heal after more progress -> finish load -> check."""
+    """Load -> inject after a quarter -> heal after more progress -> finish load -> write more
+    once healed (all must succeed) -> check the whole history."""
     prefix = f"{name}-{uuid.uuid4().hex[:6]}-"
     load_ = Load(compose.url("leader"), prefix, count=count, concurrency=8, max_seconds=90).start()
     try:
@@ -72,6 +73,11 @@ def run_fault(compose, tmp_path, name, inject, heal, count=150, note=""):
         heal(compose)
     finally:
         result = load_.join()
+    after = Load(compose.url("leader"), prefix + "healed-", count=20, concurrency=4).start().join()
+    assert after.count("ok") == 20, [op.error for op in after.ops if op.status != "ok"]
+    before = [op.seq for op in result.ops if op.status == "ok"]
+    assert not before or min(op.seq for op in after.ops) > max(before), "numbering did not go on"
+    result.ops.extend(after.ops)
     return settle_and_check(compose, tmp_path, name, result, prefix, note)
 
 
