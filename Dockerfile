@@ -8,6 +8,9 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # ---- build stage: venv with the package and its dependencies ---------------
 FROM ${BASE_IMAGE} AS build
+# Lets `docker image prune --filter label=org.kvstore.stage` find what every rebuild leaves
+# behind untagged: the build stage, and the previous image once the tag moves on.
+LABEL org.kvstore.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # `python3 -m venv` works on python:*-slim and on Debian's python3 + python3-venv.
@@ -28,6 +31,7 @@ RUN set -eu; \
 
 # ---- runtime stage: base + venv only (no sources, wheels or build files) ----
 FROM ${BASE_IMAGE}
+LABEL org.kvstore.stage=runtime
 RUN groupadd --system kv \
  && useradd --system --gid kv --home-dir /data --no-create-home --shell /usr/sbin/nologin kv \
  && mkdir -p /data \

@@ -60,6 +60,11 @@ def prepare_base_image() -> str:
     if result.returncode != 0:
         raise ComposeError("docker/base-image.sh failed; see its output above")
     subprocess.run(["bash", os.path.join(ROOT, "docker", "wheels.sh")], check=True)
+    # A rebuild leaves ~350 MB untagged: the image the tag moved away from (useless) and its
+    # build stage (the layer cache of the next build, so only old ones go).
+    for stage, age in (("runtime", "0s"), ("build", "1h")):
+        subprocess.run(["docker", "image", "prune", "-f", "--filter", f"label=org.kvstore.stage={stage}",
+                        "--filter", f"until={age}"], capture_output=True)
     return result.stdout.strip().splitlines()[-1]
 
 
