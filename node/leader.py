@@ -103,8 +103,9 @@ class Leader:
 
     def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
         """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""
+        start = max(after, 0)
         end = self.last_seq if upto is None else min(upto, self.last_seq)
-        return self.entries[max(after, 0):max(end, 0)][:limit]
+        return self.entries[start:max(start, min(end, start + limit))]
 
     def note_follower_pull(self, node_id: str, applied_seq: int) -> None:
         for progress in self.progress.values():
