@@ -23,7 +23,7 @@ def test_replayed_leader_continues_numbering(leader):
     assert leader.last_seq == 10 and leader.store.get("k10") == (10, 10)
 
 
-@pytest.mark.parametrize("after, upto, limit", itertools.product([0, 1, 5, 9, 10, 12], [None, 0, 3, 10, 15], [1, 4, 100]))
+@pytest.mark.parametrize("after, upto, limit", list(itertools.product([0, 1, 5, 9, 10, 12], [None, 0, 3, 10, 15], [1, 4, 100])))
 def test_entries_between_is_the_slice_after_upto_and_limit(leader, after, upto, limit):
     end = 10 if upto is None else min(upto, 10)
     expected = [seq for seq in range(1, 11) if after < seq <= end][:limit]
