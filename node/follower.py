@@ -81,14 +81,15 @@ class Follower:
         records = [encode_record(entry) for entry in entries]
         for entry, record in zip(entries, records):  # all first: a conflict must not leave half a batch
             self._check_no_conflict(entry.seq, record_fingerprint(record))
-        fresh = []
+        fresh, fresh_records = [], []
         for entry, record in zip(entries, records):
             if not self._holds(entry.seq):
-                self.log.append_record(record)
                 self.fingerprints.set(entry.seq, record_fingerprint(record))
                 self.inflight[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
                 fresh.append(entry)
+                fresh_records.append(record)
+        self.log.append_records(fresh_records)
         try:
             # Also covers duplicates whose first copy is still being synced.
             await self.log.sync()

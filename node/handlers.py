@@ -204,7 +204,8 @@ class ClearHandler(MutationHandler):
 
 
 class ReplicateHandler(BaseHandler):
-    """Internal: the leader pushes one entry; answered once the entry is durable here."""
+    """Internal: the leader pushes entries, one (an Entry) or several (``{"entries": [...]}``);
+    answered once all of them are durable here."""
 
     def body_limit(self) -> int:
         return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096
@@ -213,17 +214,29 @@ class ReplicateHandler(BaseHandler):
         self.check_secret()
         if self.node.role != "follower":
             raise ApiError(403, "only followers accept /replicate")
+        entries, single = parse_entries(self.json_body())
         try:
-            entry = Entry.from_dict(self.json_body())
-        except EntryError as exc:
-            raise ApiError(400, f"invalid entry: {exc}") from None
-        try:
-            await self.node.receive(entry)
+            await self.node.receive_batch(entries)
         except EntryConflict as exc:
             log.error("%s", exc)
             raise ApiError(409, str(exc)) from None
-        self.send_json({"ok": True, "seq": entry.seq, "node_id": self.node.config.node_id,
-                        "applied_seq": self.node.store.applied_seq})
+        answer = {"ok": True, "count": len(entries), "node_id": self.node.config.node_id,
+                  "applied_seq": self.node.store.applied_seq}
+        if single:
+            answer["seq"] = entries[0].seq
+        self.send_json(answer)
+
+
+def parse_entries(body: Any) -> tuple[list[Entry], bool]:
+    """The entries of a /replicate body, and whether it was a single entry rather than a batch."""
+    try:
+        if isinstance(body, dict) and "entries" in body:
+            if set(body) != {"entries"} or not isinstance(body["entries"], list) or not body["entries"]:
+                raise EntryError('a batch must be {"entries": [entry, ...]} with at least one entry')
+            return [Entry.from_dict(item) for item in body["entries"]], False
+        return [Entry.from_dict(body)], True
+    except EntryError as exc:
+        raise ApiError(400, f"invalid entry: {exc}") from None
 
 
 class LogHandler(BaseHandler):

@@ -208,8 +208,9 @@ class LogFile:
         self._file = file
         self._appended = 0  # records appended since open
         self._synced = 0  # records known durable
-        self._sync_task: asyncio.Task | None = None
-        self._always_lock = asyncio.Lock()
+        self._round: asyncio.Future | None = None  # the fsync running now (batch policy) ...
+        self._round_covers = 0  # ... covers this many records
+        self._next_round: asyncio.Future | None = None  # for records appended while it runs
         # A thread of its own: a sync never waits behind DNS lookups or other pool work.
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
 
@@ -246,31 +247,57 @@ class LogFile:
         self._file.flush()
         self._appended += 1
 
+    def append_records(self, records: list[bytes]) -> None:
+        """Several records in one write (a follower storing a batch)."""
+        if records:
+            self._file.write(b"".join(records))
+            self._file.flush()
+            self._appended += len(records)
+
     async def sync(self) -> None:
         """Return once every record appended before this call is durable under the policy."""
-        if self.fsync == "off":
-            return
-        if self.fsync == "always":
-            async with self._always_lock:
-                await self._fsync()
-            return
-        target = self._appended
-        while self._synced < target:
-            if self._sync_task is None:
-                self._sync_task = asyncio.ensure_future(self._group_sync())
-            await asyncio.shield(self._sync_task)
+        await self.sync_future()
 
-    async def _group_sync(self) -> None:
-        """One fsync covering every record appended so far (group commit)."""
-        try:
-            covered = self._appended
-            await self._fsync()
-            self._synced = max(self._synced, covered)
-        finally:
-            self._sync_task = None
+    def sync_future(self) -> asyncio.Future:
+        """A Future done once every record appended so far is durable under the policy.
 
-    async def _fsync(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._syncer, os.fsync, self._file.fileno())
+        Under ``batch`` all callers between two fsyncs share one Future (group commit): at most
+        one fsync runs, and the next one covers everything appended while it ran.
+        """
+        loop = asyncio.get_running_loop()
+        if self.fsync == "off" or (self.fsync == "batch" and self._synced >= self._appended):
+            done = loop.create_future()
+            done.set_result(None)
+            return done
+        if self.fsync == "always":  # one fsync per caller; the single sync thread runs them in order
+            return loop.run_in_executor(self._syncer, os.fsync, self._file.fileno())
+        if self._round is None:
+            return self._start_round(loop.create_future())
+        if self._round_covers >= self._appended:
+            return self._round
+        if self._next_round is None:
+            self._next_round = loop.create_future()
+        return self._next_round
+
+    def _start_round(self, result: asyncio.Future) -> asyncio.Future:
+        self._round, self._round_covers = result, self._appended
+        running = asyncio.get_running_loop().run_in_executor(self._syncer, os.fsync, self._file.fileno())
+        running.add_done_callback(self._round_done)
+        return result
+
+    def _round_done(self, running: asyncio.Future) -> None:
+        result, self._round = self._round, None
+        error = running.exception() if not running.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self._synced = max(self._synced, self._round_covers)
+        if not result.done():
+            if error is None:
+                result.set_result(None)
+            else:
+                result.set_exception(error)
+        waiting, self._next_round = self._next_round, None
+        if waiting is not None:
+            self._start_round(waiting)
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)

@@ -59,15 +59,22 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __enter__(self) -> InFlight:
+    def started(self) -> None:
         self.count += 1
-        self._idle.clear()
-        return self
+        if self.count == 1:
+            self._idle.clear()
 
-    def __exit__(self, *exc) -> None:
+    def finished(self) -> None:
         self.count -= 1
         if self.count == 0:
             self._idle.set()
+
+    def __enter__(self) -> InFlight:
+        self.started()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finished()
 
     async def wait_idle(self, timeout: float) -> bool:
         """True once nothing is in flight; False if ``timeout`` seconds passed first."""
