@@ -1,0 +1,529 @@
+"""Write throughput and per-write cost of the cluster: ``python -m analysis.bench --help``.
+
+throughput (default): for each quorum k the leader runs with WRITE_QUORUM=k and no simulated
+lag (MIN_DELAY=MAX_DELAY=0), and C clients send writes back to back, each on its own
+keep-alive connection, for a fixed time after a warm-up. Per quorum: acknowledged writes per
+second, errors, latency, and the CPU time one write costs the leader, the five followers and
+this client (utime+stime from /proc/<pid>/stat), which tells where a write's time goes.
+
+delays: the study's seeded workload (MIN_DELAY..MAX_DELAY, DELAY_SEED). A write cannot be
+acknowledged before the k-th smallest of its drawn delays has passed, so for each acknowledged
+write ``latency - k-th delay`` is the time spent on anything but the simulated lag.
+
+Six local processes by default (a fresh cluster in a temporary directory for every quorum);
+--compose drives the Docker Compose cluster instead, recreating its leader per quorum.
+Tables go to stdout, progress to stderr, CSV files to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from analysis import FOLLOWER_COUNT, NODE_NAMES
+from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints
+from analysis.loadclient import HttpConnection, RequestError
+from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_writes
+
+DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench")
+JSON_HEADERS = {"Content-Type": "application/json"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["throughput", "delays"], default="throughput",
+                   help="what to measure (default: %(default)s)")
+    p.add_argument("--quorums", type=int, nargs="+", default=list(range(1, FOLLOWER_COUNT + 1)), metavar="K",
+                   help="write quorums to measure (default: 1 2 3 4 5)")
+    p.add_argument("--concurrency", type=int, default=10,
+                   help="clients, each with one connection and one write in flight (default: %(default)s)")
+    p.add_argument("--keys", type=int, default=10, help="distinct keys written (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s (default: %(default)s)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help="directory of the CSV files (default: analysis/results/bench/)")
+    t = p.add_argument_group("throughput mode")
+    t.add_argument("--duration", type=float, default=5.0, help="measured window per quorum, s (default: %(default)s)")
+    t.add_argument("--warmup", type=float, default=1.0, help="writes before the window, not counted, s (default: %(default)s)")
+    t.add_argument("--max-writes", type=int, default=200000, help="cap on writes sent per loop (default: %(default)s)")
+    t.add_argument("--single", action="store_true", help="also run one client alone at the highest quorum")
+    d = p.add_argument_group("delays mode")
+    d.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
+    d.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY, ms (default: %(default)s)")
+    d.add_argument("--max-delay", type=int, default=1000, help="MAX_DELAY, ms (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=1, help="DELAY_SEED and key choice (default: %(default)s)")
+    n = p.add_argument_group("where the nodes are")
+    n.add_argument("--compose", action="store_true", help="use the Docker Compose cluster instead of local processes")
+    n.add_argument("-p", "--project-name", help="compose project name (default: the one `make up` uses)")
+    n.add_argument("--base-url", default="http://127.0.0.1", help="scheme and host of all nodes (default: %(default)s)")
+    n.add_argument("--base-port", type=int, default=8000, help="leader port; follower i on base+i (default: %(default)s)")
+    n.add_argument("--node-log-level", default="ERROR", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="LOG_LEVEL of local nodes (default: %(default)s)")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse settings the nodes would refuse too, before a cluster is started for nothing."""
+    if not all(1 <= k <= FOLLOWER_COUNT for k in args.quorums):
+        parser.error(f"--quorums must lie in 1..{FOLLOWER_COUNT}")
+    if not 0 <= args.min_delay <= args.max_delay:
+        parser.error("need 0 <= --min-delay <= --max-delay")
+    for name in ("concurrency", "keys", "writes", "max_writes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.timeout <= 0:
+        parser.error("need --duration > 0, --warmup >= 0 and --timeout > 0")
+    if not args.compose and args.base_url != "http://127.0.0.1":
+        parser.error("local nodes listen on 127.0.0.1; --base-url is for --compose")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- processes and their CPU time -------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its live descendants, so a node that forks workers is still counted whole."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` and its descendants; NaN when /proc cannot show it."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                stat = f.read()
+        except OSError:
+            if member == pid:
+                return math.nan
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may contain spaces
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def local_pids(procs: list[subprocess.Popen]) -> dict[str, int]:
+    """Node name -> pid, read from each process's NODE_ID rather than trusting the start order."""
+    pids = {}
+    for proc in procs:
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        pids[env[b"NODE_ID"].decode()] = proc.pid
+    if sorted(pids) != sorted(NODE_NAMES):
+        raise RuntimeError(f"local cluster processes are {sorted(pids)}, expected {list(NODE_NAMES)}")
+    return pids
+
+
+def compose_pids(cluster: ComposeCluster) -> dict[str, int]:
+    """Node name -> host pid of each container's main process, as Docker reports it."""
+    pids = {}
+    for name in NODE_NAMES:
+        out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", cluster.compose.container(name)],
+                             capture_output=True, text=True, check=True).stdout
+        pids[name] = int(out.strip())
+    if any(math.isnan(cpu_seconds(pid)) for pid in pids.values()):
+        progress("warning: container processes are not visible in this /proc (Docker in a VM?); CPU columns will be NaN")
+    return pids
+
+
+def sample_cpu(pids: dict[str, int]) -> dict[str, float]:
+    sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    sample["client"] = time.process_time()
+    return sample
+
+
+# --- the cluster of one quorum ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quorum_cluster(args: argparse.Namespace, quorum: int, delays: tuple[int, int],
+                   workdir: str) -> Iterator[tuple[Cluster, dict[str, int]]]:
+    """The cluster running with this quorum and delay range, and the pid of each node."""
+    if args.compose:
+        endpoints = make_endpoints(args.base_url, args.base_port)
+        cluster = ComposeCluster(endpoints, *delays, args.seed, args.project_name)
+        cluster.configure(quorum)
+        yield cluster, compose_pids(cluster)
+        settle(cluster)
+        return
+    data_dir = os.path.join(workdir, f"k{quorum}")
+    local = LocalCluster(data_dir, args.base_port, *delays, args.seed, args.node_log_level)
+    try:
+        local.configure(quorum)
+        yield local, local_pids(local.procs)
+        settle(local)
+    finally:
+        local.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def get_status(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def settle(cluster: Cluster, timeout: float = 10.0) -> None:
+    """Wait until the leader has no send in flight before the cluster is stopped or reconfigured.
+
+    Stopping sooner cuts sends off half-way (noise in the nodes' logs), and on Compose the
+    leftover sends would still load the followers while the next quorum is measured.
+    """
+    deadline = time.monotonic() + timeout
+    while get_status(cluster.endpoints.leader).get("replications_in_flight", 0):
+        if time.monotonic() > deadline:
+            progress(f"warning: leader still has sends in flight after {timeout:.0f} s; going on")
+            return
+        time.sleep(0.05)
+
+
+def leader_status(cluster: Cluster, quorum: int, delays: tuple[int, int]) -> dict:
+    """The leader's /status, after checking that the settings of this run reached it."""
+    status = get_status(cluster.endpoints.leader)
+    want = {"write_quorum": quorum, "min_delay_ms": delays[0], "max_delay_ms": delays[1]}
+    wrong = {k: (status.get(k), v) for k, v in want.items() if status.get(k) != v}
+    if wrong:
+        raise RuntimeError(f"leader runs with {wrong} (seen, wanted); the benchmark would measure something else")
+    return status
+
+
+def leader_address(cluster: Cluster) -> tuple[str, int]:
+    url = urlsplit(cluster.endpoints.leader)
+    return url.hostname or "127.0.0.1", url.port or 80
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def per_write_us(seconds: float, writes: int) -> float:
+    return seconds / writes * 1e6 if writes else math.nan
+
+
+# --- throughput mode --------------------------------------------------------------------------
+
+
+@dataclass
+class Loop:
+    """Shared state of one closed loop; the window bounds stay infinite until they are known."""
+
+    max_writes: int
+    keys: int
+    sent: int = 0
+    errors: int = 0
+    first_error: str | None = None
+    window_start: float = math.inf
+    window_end: float = math.inf
+    latencies_ms: list[float] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def client_loop(conn: HttpConnection, loop: Loop) -> None:
+    """Writes back to back; a write counts if it was acknowledged inside the measured window."""
+    while not loop.stop.is_set():
+        if loop.sent >= loop.max_writes:
+            loop.stop.set()
+            break
+        loop.sent += 1
+        body = b'{"key": "bench-%d", "value": %d}' % (loop.sent % loop.keys, loop.sent)
+        start = time.perf_counter()
+        try:
+            status, answer = await conn.request("POST", "/write", body, JSON_HEADERS)
+        except RequestError as exc:
+            status, answer = 0, str(exc).encode()
+        end = time.perf_counter()
+        if status != 200:
+            loop.errors += 1
+            loop.first_error = loop.first_error or f"{status or 'no answer'}: {answer[:200].decode(errors='replace')}"
+        elif loop.window_start <= end < loop.window_end:
+            loop.latencies_ms.append((end - start) * 1000)
+
+
+async def window_timer(loop: Loop, warmup: float, duration: float, pids: dict[str, int]) -> tuple[dict, dict]:
+    """Open the window after the warm-up, close it after ``duration`` or at the write cap; CPU at both ends."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(loop.stop.wait(), warmup)
+    before = sample_cpu(pids)
+    loop.window_start = time.perf_counter()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(loop.stop.wait(), duration)
+    loop.window_end = time.perf_counter()
+    after = sample_cpu(pids)
+    loop.stop.set()
+    return before, after
+
+
+async def closed_loop(host: str, port: int, args: argparse.Namespace, clients: int,
+                      pids: dict[str, int]) -> tuple[Loop, dict[str, float]]:
+    """``clients`` connections writing back to back; returns the loop and CPU seconds per process in the window."""
+    conns = [HttpConnection(host, port, args.timeout) for _ in range(clients)]
+    loop = Loop(args.max_writes, args.keys)
+    timer = None
+    try:
+        # Connect before the clock starts: connection set-up is not part of a write.
+        await asyncio.gather(*(conn.request("GET", "/health") for conn in conns))
+        timer = asyncio.ensure_future(window_timer(loop, args.warmup, args.duration, pids))
+        await asyncio.gather(*(client_loop(conn, loop) for conn in conns))
+        before, after = await timer
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for conn in conns:
+            conn.close()
+    return loop, {name: after[name] - before[name] for name in before}
+
+
+def throughput_row(quorum: int, clients: int, loop: Loop, cpu: dict[str, float], fsync: str | None) -> dict:
+    window = loop.window_end - loop.window_start
+    ok = len(loop.latencies_ms)
+    followers = sum(cpu[name] for name in NODE_NAMES[1:])
+    return {
+        "quorum": quorum, "concurrency": clients, "window_s": window, "writes_ok": ok, "errors": loop.errors,
+        "writes_per_s": ok / window if window > 0 else math.nan,
+        "latency_mean_ms": mean(loop.latencies_ms), "latency_p50_ms": percentile(loop.latencies_ms, 50),
+        "latency_p99_ms": percentile(loop.latencies_ms, 99),
+        "leader_cpu_us_per_write": per_write_us(cpu["leader"], ok),
+        "followers_cpu_us_per_write": per_write_us(followers, ok),
+        "follower_cpu_us_per_write_mean": per_write_us(followers / FOLLOWER_COUNT, ok),
+        "client_cpu_us_per_write": per_write_us(cpu["client"], ok),
+        "leader_cpu_pct": cpu["leader"] / window * 100 if window > 0 else math.nan,
+        "fsync": fsync,
+    }
+
+
+def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> list[dict]:
+    """One quorum's closed loop, plus the lone client when asked for at the highest quorum."""
+    delays = (0, 0)
+    with quorum_cluster(args, quorum, delays, workdir) as (cluster, pids):
+        fsync = leader_status(cluster, quorum, delays).get("fsync")
+        host, port = leader_address(cluster)
+        runs = [args.concurrency] + ([1] if args.single and quorum == max(args.quorums) else [])
+        rows = []
+        for clients in runs:
+            loop, cpu = run(closed_loop(host, port, args, clients, pids))
+            rows.append(throughput_row(quorum, clients, loop, cpu, fsync))
+            report_loop(rows[-1], loop)
+        return rows
+
+
+def report_loop(row: dict, loop: Loop) -> None:
+    progress(f"k={row['quorum']} c={row['concurrency']}: {row['writes_ok']} writes in {row['window_s']:.1f} s, "
+             f"{row['errors']} errors" + (f" (first: {loop.first_error})" if loop.first_error else ""))
+
+
+# --- delays mode ------------------------------------------------------------------------------
+
+
+async def one_seeded_write(conn: HttpConnection, planned: PlannedWrite, quorum: int, names: dict[str, str]) -> dict:
+    """One planned write and what its answer says about the drawn delays."""
+    body = json.dumps({"key": planned.key, "value": planned.value}).encode()
+    start = time.perf_counter()
+    try:
+        status, raw = await conn.request("POST", "/write", body, JSON_HEADERS)
+    except RequestError as exc:
+        status, raw = 0, json.dumps({"error": str(exc)}).encode()
+    latency_ms = (time.perf_counter() - start) * 1000
+    answer = json.loads(raw) if raw.startswith(b"{") else {"error": raw[:200].decode(errors="replace")}
+    drawn = (answer.get("debug") or {}).get("replication_delays_ms") or {}
+    delays = {names.get(address, address): float(ms) for address, ms in drawn.items()}
+    kth = kth_smallest(delays.values(), quorum) if status == 200 and len(delays) >= quorum else math.nan
+    return {"quorum": quorum, "write": planned.index, "key": planned.key, "status": status, "seq": answer.get("seq"),
+            "confirmations": answer.get("confirmations"), "latency_ms": latency_ms, "kth_delay_ms": kth,
+            "overhead_ms": latency_ms - kth, "delays_ms": json.dumps(delays, sort_keys=True),
+            "error": None if status == 200 else answer.get("error")}
+
+
+async def seeded_writes(host: str, port: int, args: argparse.Namespace, quorum: int,
+                        names: dict[str, str]) -> list[dict]:
+    """The study's plan for this quorum, exactly ``concurrency`` writes in flight."""
+    queue = list(reversed(plan_writes(args.writes, args.keys, quorum, args.seed)))
+    conns = [HttpConnection(host, port, args.timeout) for _ in range(min(args.concurrency, len(queue)))]
+    rows: list[dict] = []
+
+    async def worker(conn: HttpConnection) -> None:
+        await conn.request("GET", "/health")
+        while queue:
+            rows.append(await one_seeded_write(conn, queue.pop(), quorum, names))
+
+    try:
+        await asyncio.gather(*(worker(conn) for conn in conns))
+    finally:
+        for conn in conns:
+            conn.close()
+    return sorted(rows, key=lambda row: row["write"])
+
+
+def delays_row(quorum: int, writes: list[dict]) -> dict:
+    ok = [w for w in writes if w["status"] == 200]
+    overhead = [w["overhead_ms"] for w in ok]
+    return {"quorum": quorum, "writes_ok": len(ok), "errors": len(writes) - len(ok),
+            "latency_mean_ms": mean([w["latency_ms"] for w in ok]),
+            "kth_delay_mean_ms": mean([w["kth_delay_ms"] for w in ok]),
+            "overhead_median_ms": percentile(overhead, 50), "overhead_p99_ms": percentile(overhead, 99),
+            "overhead_min_ms": min(overhead, default=math.nan), "overhead_max_ms": max(overhead, default=math.nan)}
+
+
+def measure_delays(args: argparse.Namespace, quorum: int, workdir: str) -> tuple[dict, list[dict]]:
+    delays = (args.min_delay, args.max_delay)
+    with quorum_cluster(args, quorum, delays, workdir) as (cluster, _):
+        status = leader_status(cluster, quorum, delays)
+        if status.get("delay_seed") != args.seed:
+            raise RuntimeError(f"leader runs with DELAY_SEED={status.get('delay_seed')}, wanted {args.seed}")
+        writes = run(seeded_writes(*leader_address(cluster), args, quorum, follower_names(status)))
+    row = delays_row(quorum, writes)
+    progress(f"k={quorum}: {row['writes_ok']} writes ok, {row['errors']} errors")
+    return row, writes
+
+
+# --- output -----------------------------------------------------------------------------------
+
+THROUGHPUT_COLUMNS = [
+    ("quorum", "k", "d"), ("concurrency", "clients", "d"), ("writes_per_s", "writes/s", ".0f"), ("errors", "errors", "d"),
+    ("latency_mean_ms", "mean ms", ".2f"), ("latency_p50_ms", "p50 ms", ".2f"), ("latency_p99_ms", "p99 ms", ".2f"),
+    ("leader_cpu_us_per_write", "leader µs/w", ".0f"), ("followers_cpu_us_per_write", "followers µs/w", ".0f"),
+    ("follower_cpu_us_per_write_mean", "per follower", ".0f"), ("client_cpu_us_per_write", "client µs/w", ".0f"),
+    ("leader_cpu_pct", "leader cpu%", ".0f"),
+]
+DELAYS_COLUMNS = [
+    ("quorum", "k", "d"), ("writes_ok", "writes ok", "d"), ("errors", "errors", "d"),
+    ("latency_mean_ms", "mean latency ms", ".1f"), ("kth_delay_mean_ms", "mean k-th delay", ".1f"),
+    ("overhead_median_ms", "overhead p50", ".2f"), ("overhead_p99_ms", "overhead p99", ".2f"),
+    ("overhead_min_ms", "min", ".2f"), ("overhead_max_ms", "max", ".2f"),
+]
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    cells = [[header for _, header, _ in columns]]
+    cells += [[format(row[key], fmt) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells)
+
+
+def write_csv(path: str, rows: list[dict]) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run(coro):
+    """Run the client loop on uvloop when it is installed: its loop costs less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+def describe(args: argparse.Namespace) -> str:
+    where = f"Docker Compose (project {args.project_name or 'default'})" if args.compose else "local processes"
+    if args.mode == "throughput":
+        what = f"{args.concurrency} clients, {args.duration:g} s window after {args.warmup:g} s warm-up, no simulated delay"
+    else:
+        what = (f"{args.writes} writes, {args.concurrency} clients, {args.keys} keys, "
+                f"delays {args.min_delay}..{args.max_delay} ms, seed {args.seed}")
+    return f"{args.mode} on {where}, {os.cpu_count()} CPUs: {what}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    """Every quorum in turn, then the table and the CSV files; returns file name -> path."""
+    args = parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="kv-bench-")
+    rows: list[dict] = []
+    writes: list[dict] = []
+    try:
+        for quorum in args.quorums:
+            progress(f"k={quorum}: starting")
+            if args.mode == "throughput":
+                rows += measure_throughput(args, quorum, workdir)
+            else:
+                row, quorum_writes = measure_delays(args, quorum, workdir)
+                rows.append(row)
+                writes += quorum_writes
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report(args, rows, writes)
+
+
+def report(args: argparse.Namespace, rows: list[dict], writes: list[dict]) -> dict[str, str]:
+    print(describe(args))
+    if args.mode == "throughput":
+        main_rows = [row for row in rows if row["concurrency"] == args.concurrency or args.concurrency == 1]
+        print(format_table(main_rows, THROUGHPUT_COLUMNS))
+        for row in rows:
+            if row not in main_rows:
+                print(f"single client at k={row['quorum']}: p50 {row['latency_p50_ms']:.2f} ms, "
+                      f"p99 {row['latency_p99_ms']:.2f} ms, {row['writes_per_s']:.0f} writes/s")
+        paths = {"throughput": write_csv(os.path.join(args.output, "throughput.csv"), rows)}
+    else:
+        print(format_table(rows, DELAYS_COLUMNS))
+        paths = {"delays": write_csv(os.path.join(args.output, "delays.csv"), rows),
+                 "delays_writes": write_csv(os.path.join(args.output, "delays_writes.csv"), writes)}
+    print("saved: " + ", ".join(paths.values()))
+    return paths
+
+
+def cli() -> None:
+    """Entry point: a failure ends with one line that names the cause, not a traceback."""
+    from node.compose import ComposeError
+
+    try:
+        main()
+    except ComposeError as exc:
+        sys.exit(f"error: {exc}\nIs the cluster built and up? Run `make up` first, or drop --compose.")
+    except (RuntimeError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+if __name__ == "__main__":
+    cli()
