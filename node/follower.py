@@ -71,36 +71,52 @@ class Follower:
 
     async def receive(self, entry: Entry) -> None:
         """Make ``entry`` durable (once, however often it arrives) and apply what is ready."""
-        await self.receive_batch([entry])
+        await self.accept([entry])
 
     async def receive_batch(self, entries: list[Entry]) -> None:
-        with self.receiving:
-            await self._receive_batch(entries)
+        await self.accept(entries)
 
-    async def _receive_batch(self, entries: list[Entry]) -> None:
+    def accept(self, entries: list[Entry]) -> asyncio.Future:
+        """Append what is new in ``entries`` now; the Future is done once all of them are
+        durable and whatever became ready is applied. Raises EntryConflict (before touching
+        anything) if one of them differs from the entry held under its seq.
+
+        Callback-driven, no task per batch: this is the follower's whole hot path.
+        """
         records = [encode_record(entry) for entry in entries]
-        for entry, record in zip(entries, records):  # all first: a conflict must not leave half a batch
-            self._check_no_conflict(entry.seq, record_fingerprint(record))
+        prints = [record_fingerprint(record) for record in records]
+        for entry, print_ in zip(entries, prints):  # all first: a conflict must not leave half a batch
+            self._check_no_conflict(entry.seq, print_)
         fresh, fresh_records = [], []
-        for entry, record in zip(entries, records):
+        for entry, record, print_ in zip(entries, records, prints):
             if not self._holds(entry.seq):
-                self.fingerprints.set(entry.seq, record_fingerprint(record))
+                self.fingerprints.set(entry.seq, print_)
                 self.inflight[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
                 fresh.append(entry)
                 fresh_records.append(record)
         self.log.append_records(fresh_records)
-        try:
-            # Also covers duplicates whose first copy is still being synced.
-            await self.log.sync()
-        except BaseException:
+        self.receiving.started()
+        done = asyncio.get_running_loop().create_future()
+        # Also covers duplicates whose first copy is still being synced.
+        self.log.sync_future().add_done_callback(lambda synced: self._made_durable(fresh, synced, done))
+        return done
+
+    def _made_durable(self, fresh: list[Entry], synced: asyncio.Future, done: asyncio.Future) -> None:
+        self.receiving.finished()
+        error = synced.exception() if not synced.cancelled() else asyncio.CancelledError()
+        if error is not None:
             for entry in fresh:  # not known durable: a later delivery appends it again
                 self.inflight.pop(entry.seq, None)
-            raise
+            if not done.done():
+                done.set_exception(error)
+            return
         for entry in fresh:
             if self.inflight.pop(entry.seq, None) is not None:
                 self.pending[entry.seq] = entry
         self._apply_ready()
+        if not done.done():
+            done.set_result(None)
 
     def _check_no_conflict(self, seq: int, print_: int) -> None:
         held = self.fingerprints.get(seq)

@@ -61,15 +61,6 @@ class BaseHandler(RequestHandler):
             raise ApiError(413, f"request body exceeds {self.body_limit()} bytes")
         return parse_json(bytes(self._body))
 
-    def json_object(self, allowed: set[str]) -> dict:
-        body = self.json_body()
-        if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {json_type(body)}")
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
-        return body
-
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -96,11 +87,7 @@ class BaseHandler(RequestHandler):
                 if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def check_secret(self) -> None:
-        """Internal endpoints need the cluster's REPLICATION_SECRET."""
-        expected = self.node.config.replication_secret
-        given = self.request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(403, f"internal endpoint: missing or wrong {SECRET_HEADER} header")
+        check_secret(self.node, self.request.headers.get(SECRET_HEADER, ""))
 
     def ensure_leader(self) -> None:
         if self.node.role != "leader":
@@ -151,6 +138,51 @@ class AllHandler(BaseHandler):
         self.send_json({"data": data, "count": len(data), "applied_seq": self.node.store.applied_seq})
 
 
+def check_secret(node, given: str) -> None:
+    """Internal endpoints need the cluster's REPLICATION_SECRET."""
+    if not hmac.compare_digest(given.encode(), node.config.replication_secret.encode()):
+        raise ApiError(403, f"internal endpoint: missing or wrong {SECRET_HEADER} header")
+
+
+def write_answer(node, op: str, key: str | None, value: Any, outcome) -> dict:
+    """The 200 answer to an acknowledged write (shared with the lean /write path)."""
+    quorum = node.config.write_quorum
+    total = len(node.config.followers)
+    return {
+        "success": True,
+        "op": op,
+        "key": key,
+        "value": value,
+        "seq": outcome.entry.seq,
+        "confirmations": outcome.confirmations,
+        "quorum": quorum,
+        "message": f"Replicated to {outcome.confirmations}/{total} followers (quorum: {quorum})",
+        "debug": {"replication_delays_ms": outcome.delays_ms},
+    }
+
+
+def timeout_error(timeout: WriteTimeout) -> ApiError:
+    """The 504 answer to a write whose quorum did not arrive in time."""
+    return ApiError(
+        504, str(timeout), success=False, seq=timeout.seq,
+        confirmations=timeout.confirmations, quorum=timeout.quorum,
+        debug={"replication_delays_ms": timeout.delays_ms},
+    )
+
+
+def parse_write(body: Any) -> tuple[str, Any]:
+    """Key and value of a POST /write body, or ApiError saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {json_type(body)}")
+    unknown = sorted(set(body) - WRITE_FIELDS)
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(WRITE_FIELDS))}")
+    key = validate_key(body.get("key"))
+    if "value" not in body:
+        raise ApiError(400, "'value' is missing; send {\"key\": \"...\", \"value\": <any JSON>}")
+    return key, body["value"]
+
+
 class MutationHandler(BaseHandler):
     """Shared by the three operations that append to the log: set, delete and clear."""
 
@@ -158,34 +190,17 @@ class MutationHandler(BaseHandler):
         try:
             outcome = await self.node.submit(op, key, value)
         except WriteTimeout as timeout:
-            raise ApiError(
-                504, str(timeout), success=False, seq=timeout.seq,
-                confirmations=timeout.confirmations, quorum=timeout.quorum,
-                debug={"replication_delays_ms": timeout.delays_ms},
-            ) from None
-        quorum = self.node.config.write_quorum
-        total = len(self.node.config.followers)
-        self.send_json({
-            "success": True,
-            "op": op,
-            "key": key,
-            "value": value,
-            "seq": outcome.entry.seq,
-            "confirmations": outcome.confirmations,
-            "quorum": quorum,
-            "message": f"Replicated to {outcome.confirmations}/{total} followers (quorum: {quorum})",
-            "debug": {"replication_delays_ms": outcome.delays_ms},
-        })
+            raise timeout_error(timeout) from None
+        self.send_json(write_answer(self.node, op, key, value, outcome))
 
 
 class WriteHandler(MutationHandler):
+    """POST /write where the lean path (node.fastpath) does not take it: on a follower."""
+
     async def post(self) -> None:
         self.ensure_leader()
-        body = self.json_object(WRITE_FIELDS)
-        key = validate_key(body.get("key"))
-        if "value" not in body:
-            raise ApiError(400, "'value' is missing; send {\"key\": \"...\", \"value\": <any JSON>}")
-        await self.commit("set", key, body["value"])
+        key, value = parse_write(self.json_body())
+        await self.commit("set", key, value)
 
 
 class DeleteHandler(MutationHandler):
@@ -220,11 +235,15 @@ class ReplicateHandler(BaseHandler):
         except EntryConflict as exc:
             log.error("%s", exc)
             raise ApiError(409, str(exc)) from None
-        answer = {"ok": True, "count": len(entries), "node_id": self.node.config.node_id,
-                  "applied_seq": self.node.store.applied_seq}
-        if single:
-            answer["seq"] = entries[0].seq
-        self.send_json(answer)
+        self.send_json(replicate_answer(self.node, entries, single))
+
+
+def replicate_answer(node, entries: list[Entry], single: bool) -> dict:
+    answer = {"ok": True, "count": len(entries), "node_id": node.config.node_id,
+              "applied_seq": node.store.applied_seq}
+    if single:
+        answer["seq"] = entries[0].seq
+    return answer
 
 
 def parse_entries(body: Any) -> tuple[list[Entry], bool]:

@@ -16,6 +16,7 @@ complete HTTP/1.1 parser rather than by hand.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httptools
 
@@ -24,14 +25,17 @@ class PeerError(Exception):
     """No complete HTTP answer from the peer: refused, reset, closed, timed out or garbled."""
 
 
+Callback = Callable[[int, bytes, "PeerError | None"], None]
+
+
 class _ResponseReader(asyncio.Protocol):
-    """Feeds bytes to httptools and resolves the waiting request with (status, body)."""
+    """Feeds bytes to httptools and hands each complete response to the waiting callback."""
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future | None = None
+        self.callback: Callback | None = None
         self.body: list[bytes] = []
         self.keep_alive = True
         self.closed = False
@@ -44,12 +48,12 @@ class _ResponseReader(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(PeerError(f"{self.peer} sent a malformed HTTP response: {exc}"))
+            self.fail(PeerError(f"{self.peer} sent a malformed HTTP response: {exc}"))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(PeerError(f"connection to {self.peer} closed before the answer" + (f": {exc}" if exc else "")))
+        self.fail(PeerError(f"connection to {self.peer} closed before the answer" + (f": {exc}" if exc else "")))
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -60,18 +64,22 @@ class _ResponseReader(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), b"".join(self.body)))
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(self.parser.get_status_code(), b"".join(self.body), None)
 
-    def _fail(self, error: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+    def fail(self, error: PeerError) -> None:
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(0, b"", error)
 
 
 class PeerConnection:
-    """One keep-alive connection to ``host:port``, (re)opened on demand; one request at a time."""
+    """One keep-alive connection to ``host:port``, (re)opened on demand; one request at a time.
+
+    :meth:`send` is callback-based so the replication path costs no task per request;
+    :meth:`request` is the awaitable form for everything else.
+    """
 
     def __init__(self, host: str, port: int, connect_timeout: float = 10.0) -> None:
         self.host, self.port = host, port
@@ -79,6 +87,7 @@ class PeerConnection:
         self.connect_timeout = connect_timeout
         self._reader: _ResponseReader | None = None
         self._host_header = f"Host: {self.peer}\r\n".encode()
+        self._connecting: asyncio.Task | None = None
 
     @classmethod
     def to(cls, address: str, connect_timeout: float = 10.0) -> PeerConnection:
@@ -88,48 +97,79 @@ class PeerConnection:
     async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
                       timeout: float = 10.0) -> tuple[int, bytes]:
         """Send one request and return (status, body); raise PeerError when no full answer came."""
-        reader = await self._connected()
-        waiter = asyncio.get_running_loop().create_future()
-        reader.waiter = waiter
+        answered = asyncio.get_running_loop().create_future()
+
+        def done(status: int, answer: bytes, error: PeerError | None) -> None:
+            if answered.done():
+                return
+            if error is None:
+                answered.set_result((status, answer))
+            else:
+                answered.set_exception(error)
+
+        self.send(method, path, body, headers, timeout, done)
+        try:
+            return await answered
+        except asyncio.CancelledError:
+            self.close()  # a late answer would be read as the next request's: start afresh
+            raise
+
+    def send(self, method: str, path: str, body: bytes, headers: dict[str, str] | None, timeout: float,
+             callback: Callback) -> None:
+        """Send one request; ``callback(status, body, None)`` gets the answer, or
+        ``callback(0, b"", PeerError)`` if none came within ``timeout`` seconds."""
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header,
                 f"Content-Length: {len(body)}\r\n".encode()]
         for name, value in (headers or {}).items():
             head.append(f"{name}: {value}\r\n".encode())
         head.append(b"\r\n")
-        reader.transport.write(b"".join(head) + body)
-        # A plain timer rather than asyncio.wait_for, which would wrap every request in a task.
-        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, waiter, f"{method} {path}", timeout)
-        try:
-            status, answer = await waiter
-        except BaseException:
-            self.close()  # a late answer would be read as the next request's: start afresh
-            raise
-        finally:
+        message = b"".join(head) + body
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, self._time_out, f"{method} {path}", timeout)
+        callback = self._with_timer(callback, timer)
+        reader = self._reader
+        if reader is not None and not reader.closed:
+            reader.callback = callback
+            reader.transport.write(message)
+        else:
+            self._connecting = asyncio.ensure_future(self._connect_and_send(message, callback))
+
+    def _with_timer(self, callback: Callback, timer: asyncio.TimerHandle) -> Callback:
+        def answered(status: int, body: bytes, error: PeerError | None) -> None:
             timer.cancel()
-        if not reader.keep_alive:
-            self.close()
-        return status, answer
+            if error is not None or not (self._reader and self._reader.keep_alive):
+                self.close()  # after a failure the stream's state is unknown: start afresh
+            callback(status, body, error)
+        return answered
 
-    def _time_out(self, waiter: asyncio.Future, what: str, timeout: float) -> None:
-        if not waiter.done():
-            waiter.set_exception(PeerError(f"{self.peer} did not answer {what} within {timeout:g} s"))
-
-    async def _connected(self) -> _ResponseReader:
-        if self._reader is not None and not self._reader.closed:
-            return self._reader
+    async def _connect_and_send(self, message: bytes, callback: Callback) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, reader = await asyncio.wait_for(
                 loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port),
                 self.connect_timeout)
         except asyncio.TimeoutError:
-            raise PeerError(f"cannot connect to {self.peer} within {self.connect_timeout:g} s") from None
+            callback(0, b"", PeerError(f"cannot connect to {self.peer} within {self.connect_timeout:g} s"))
+            return
         except OSError as exc:
-            raise PeerError(f"cannot connect to {self.peer}: {exc.strerror or exc}") from None
+            callback(0, b"", PeerError(f"cannot connect to {self.peer}: {exc.strerror or exc}"))
+            return
+        except asyncio.CancelledError:  # the request's own timeout ran out first, or closing
+            callback(0, b"", PeerError(f"no connection to {self.peer} before the request's timeout"))
+            return
         self._reader = reader
-        return reader
+        reader.callback = callback
+        reader.transport.write(message)
+
+    def _time_out(self, what: str, timeout: float) -> None:
+        error = PeerError(f"{self.peer} did not answer {what} within {timeout:g} s")
+        if self._reader is not None and self._reader.callback is not None:
+            self._reader.fail(error)
+        elif self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()  # still connecting: give up on it
 
     def close(self) -> None:
         if self._reader is not None:
+            self._reader.callback = None
             self._reader.transport.close()
             self._reader = None

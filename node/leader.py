@@ -167,6 +167,8 @@ class Leader:
                 "acked_seq": p.match,
                 "lag": self.last_seq - p.match,
                 "last_error": p.last_error,
+                "requests": p.requests,
+                "entries_per_request": round(p.entries_sent / p.requests, 2) if p.requests else None,
             }
             for address, p in self.progress.items()
         }

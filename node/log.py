@@ -17,7 +17,9 @@ offset, because serving from a log with a hole in its middle would silently lose
 
 Durability is a policy (``FSYNC``): ``always`` syncs for every waiter, ``batch`` lets every
 entry that arrived while a sync was running share the next one (group commit), ``off`` leaves
-it to the OS. Syncs run in a thread so the event loop never blocks on the disk.
+it to the OS. A batch's fsync runs on the event loop while the disk answers within
+``INLINE_SYNC_MAX_S`` (cheaper than a thread hand-off) and moves to a thread of its own as soon
+as it gets slower, so the loop never waits long on the disk; ``always`` syncs in that thread.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 HEADER = b"#kvlog 1\n"
 OPS = ("set", "delete", "clear")
 LOG_FILE_NAME = "replication.log"
+# Group-commit fsyncs run on the event loop while they average less than this, else in the
+# sync thread: a quick fsync costs less than handing it to a thread and back.
+INLINE_SYNC_MAX_S = 0.002
 
 
 class LogCorruptError(Exception):
@@ -208,8 +214,10 @@ class LogFile:
         self._file = file
         self._appended = 0  # records appended since open
         self._synced = 0  # records known durable
-        self._round: asyncio.Future | None = None  # the fsync running now (batch policy) ...
-        self._round_covers = 0  # ... covers this many records
+        self._round: asyncio.Future | None = None  # the next or running fsync (batch policy) ...
+        self._round_covers: int | None = None  # ... covers this many records (None: not started)
+        self._sync_time = 0.0  # moving average of one fsync, s
+        self._inline_sync = True
         self._next_round: asyncio.Future | None = None  # for records appended while it runs
         # A thread of its own: a sync never waits behind DNS lookups or other pool work.
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
@@ -261,8 +269,10 @@ class LogFile:
     def sync_future(self) -> asyncio.Future:
         """A Future done once every record appended so far is durable under the policy.
 
-        Under ``batch`` all callers between two fsyncs share one Future (group commit): at most
-        one fsync runs, and the next one covers everything appended while it ran.
+        Under ``batch`` all callers until the next fsync starts share one Future (group
+        commit): the fsync runs at the end of the current loop iteration, so it covers every
+        record appended meanwhile, and at most one runs at a time; records appended while one
+        runs share the next.
         """
         loop = asyncio.get_running_loop()
         if self.fsync == "off" or (self.fsync == "batch" and self._synced >= self._appended):
@@ -272,22 +282,53 @@ class LogFile:
         if self.fsync == "always":  # one fsync per caller; the single sync thread runs them in order
             return loop.run_in_executor(self._syncer, os.fsync, self._file.fileno())
         if self._round is None:
-            return self._start_round(loop.create_future())
-        if self._round_covers >= self._appended:
+            self._round, self._round_covers = loop.create_future(), None
+            loop.call_soon(self._run_round)
+            return self._round
+        if self._round_covers is None or self._round_covers >= self._appended:
             return self._round
         if self._next_round is None:
             self._next_round = loop.create_future()
         return self._next_round
 
-    def _start_round(self, result: asyncio.Future) -> asyncio.Future:
-        self._round, self._round_covers = result, self._appended
-        running = asyncio.get_running_loop().run_in_executor(self._syncer, os.fsync, self._file.fileno())
-        running.add_done_callback(self._round_done)
-        return result
+    def _run_round(self) -> None:
+        """One fsync for everything appended so far: on the loop while syncs are quick, which
+        spares a thread hand-off per round, in the sync thread once they are not (a slow disk
+        must not stall the loop)."""
+        self._round_covers = self._appended
+        fd = self._file.fileno()
+        if self._inline_sync:
+            started = time.perf_counter()
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._round_done(exc)
+                return
+            self._note_sync_time(time.perf_counter() - started)
+            self._round_done(None)
+            return
+        running = asyncio.get_running_loop().run_in_executor(self._syncer, _timed_fsync, fd)
+        running.add_done_callback(self._thread_round_done)
 
-    def _round_done(self, running: asyncio.Future) -> None:
+    def _thread_round_done(self, running: asyncio.Future) -> None:
+        if running.cancelled():
+            self._round_done(asyncio.CancelledError())
+        elif running.exception() is not None:
+            self._round_done(running.exception())
+        else:
+            self._note_sync_time(running.result())
+            self._round_done(None)
+
+    def _note_sync_time(self, seconds: float) -> None:
+        self._sync_time = 0.8 * self._sync_time + 0.2 * seconds
+        inline = self._sync_time < INLINE_SYNC_MAX_S
+        if inline != self._inline_sync:
+            log.info("log %s: fsync takes %.2f ms on average; syncing %s", self.path, 1000 * self._sync_time,
+                     "on the event loop" if inline else "in the sync thread")
+            self._inline_sync = inline
+
+    def _round_done(self, error: BaseException | None) -> None:
         result, self._round = self._round, None
-        error = running.exception() if not running.cancelled() else asyncio.CancelledError()
         if error is None:
             self._synced = max(self._synced, self._round_covers)
         if not result.done():
@@ -297,7 +338,8 @@ class LogFile:
                 result.set_exception(error)
         waiting, self._next_round = self._next_round, None
         if waiting is not None:
-            self._start_round(waiting)
+            self._round, self._round_covers = waiting, None
+            asyncio.get_running_loop().call_soon(self._run_round)
 
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
@@ -305,6 +347,12 @@ class LogFile:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def _timed_fsync(fd: int) -> float:
+    started = time.perf_counter()
+    os.fsync(fd)
+    return time.perf_counter() - started
 
 
 def _fsync_dir(path: str) -> None:

@@ -106,6 +106,8 @@ class FollowerProgress:
         self._ahead: set[int] = set()
         self.last_error: str | None = None
         self.failing_since: float | None = None  # loop time of the first failure in a row
+        self.requests = 0  # confirmed /replicate requests ...
+        self.entries_sent = 0  # ... and the entries they carried (their ratio: the batching)
 
     def down_for(self, now: float) -> float:
         """Seconds this follower has been failing without a success in between (0 if healthy)."""

@@ -31,7 +31,6 @@ from tornado.netutil import DefaultExecutorResolver, Resolver
 
 from node.httpclient import PeerConnection, PeerError
 from node.quorum import FollowerProgress
-from node.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,13 @@ class Due:
 
 
 class FollowerChannel:
-    """Everything the leader sends to one follower: delays, batching, retries, the connection."""
+    """Everything the leader sends to one follower: delays, batching, retries, the connection.
+
+    Driven by callbacks, not a task: an entry falling due, an answer arriving and a backoff
+    ending each just try to send what is due. One request is out at a time; a send is started
+    at the end of the loop iteration in which the first entry fell due, so entries written in
+    the same iteration share it.
+    """
 
     def __init__(self, progress: FollowerProgress, secret: str, on_confirm: Callable[[int, str], None],
                  max_batch_bytes: int) -> None:
@@ -108,14 +113,15 @@ class FollowerChannel:
         self.connection = PeerConnection.to(progress.address, connect_timeout=SEND_TIMEOUT_S)
         self.due: deque[Due] = deque()
         self.delayed = 0  # entries still in their delay
-        self.sending = 0  # entries in the request now out
+        self.out: list[Due] = []  # the batch of the request now out
         self.closed = False
-        self._wake: asyncio.Future | None = None
+        self._send_planned = False
+        self._backing_off = False
         self._backoff = INITIAL_BACKOFF_S
 
     def __len__(self) -> int:
         """Entries not yet confirmed or given up: delayed, due or being sent."""
-        return self.delayed + len(self.due) + self.sending
+        return self.delayed + len(self.due) + len(self.out)
 
     def push(self, seq: int, body: bytes, delay_s: float) -> None:
         if delay_s <= 0:
@@ -131,31 +137,37 @@ class FollowerChannel:
     def _make_due(self, seq: int, body: bytes) -> None:
         if self.closed:
             return
-        self.due.append(Due(seq, body, asyncio.get_running_loop().time() + RETRY_WINDOW_S))
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def run(self) -> None:
-        """Send what is due, a batch at a time, until closed."""
         loop = asyncio.get_running_loop()
-        while not self.closed:
-            if not self.due:
-                self._wake = loop.create_future()
-                await self._wake
-                continue
-            batch = self._take_batch()
-            self.sending = len(batch)
-            try:
-                error = await self._post(batch)
-            finally:
-                self.sending = 0
-            if error is None:
-                self._backoff = INITIAL_BACKOFF_S
-            elif not error.startswith(REFUSED):  # a refusal is the follower's verdict: no retry
-                self._requeue(batch, error, loop.time())
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+        self.due.append(Due(seq, body, loop.time() + RETRY_WINDOW_S))
+        if not self._send_planned and not self.out and not self._backing_off:
+            self._send_planned = True
+            loop.call_soon(self._send)
+
+    def _send(self) -> None:
+        self._send_planned = False
+        if self.closed or self.out or self._backing_off or not self.due:
+            return
+        self.out = batch = self._take_batch()
+        body = b'{"entries":[' + b",".join(d.body for d in batch) + b"]}"
+        self.connection.send("POST", "/replicate", body, self.headers, SEND_TIMEOUT_S, self._answered)
+
+    def _answered(self, status: int, body: bytes, error: PeerError | None) -> None:
+        batch, self.out = self.out, []
+        if self.closed:
+            return
+        failure = self._failed(str(error)) if error is not None else self._settle(batch, status, body)
+        if failure is None or failure.startswith(REFUSED):  # a refusal is the follower's verdict: no retry
+            self._backoff = INITIAL_BACKOFF_S
+            self._send()
+            return
+        self._requeue(batch, failure, asyncio.get_running_loop().time())
+        self._backing_off = True
+        asyncio.get_running_loop().call_later(self._backoff, self._backoff_over)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+
+    def _backoff_over(self) -> None:
+        self._backing_off = False
+        self._send()
 
     def _take_batch(self) -> list[Due]:
         """The due entries in order, as many as fit one request (always at least one)."""
@@ -181,31 +193,28 @@ class FollowerChannel:
                         expired[0], expired[-1], self.progress.address, RETRY_WINDOW_S, error)
         self.due.extendleft(reversed(retry))
 
-    async def _post(self, batch: list[Due]) -> str | None:
-        """One attempt; return None on confirmation, else a description of the failure."""
+    def _settle(self, batch: list[Due], status: int, body: bytes) -> str | None:
+        """Read the follower's answer to ``batch``; None when it confirmed, else the failure."""
         progress = self.progress
-        body = b'{"entries":[' + b",".join(d.body for d in batch) + b"]}"
-        try:
-            status, answer_body = await self.connection.request("POST", "/replicate", body, self.headers, SEND_TIMEOUT_S)
-        except PeerError as exc:
-            return self._failed(str(exc))
         if 400 <= status < 500 and status not in (408, 429):
-            error = f"{REFUSED} seq {batch[0].seq}..{batch[-1].seq} with HTTP {status}: {answer_body[:300]!r}"
+            error = f"{REFUSED} seq {batch[0].seq}..{batch[-1].seq} with HTTP {status}: {body[:300]!r}"
             log.error("%s %s", progress.address, error)
             progress.last_error = error
             return error
         if status != 200:
-            return self._failed(f"HTTP {status}: {answer_body[:200]!r}")
+            return self._failed(f"HTTP {status}: {body[:200]!r}")
         try:
-            answer = json.loads(answer_body)
+            answer = json.loads(body)
             applied = int(answer["applied_seq"])
         except (ValueError, KeyError, TypeError):
-            return self._failed(f"unreadable confirmation {answer_body[:200]!r}")
+            return self._failed(f"unreadable confirmation {body[:200]!r}")
         if progress.last_error is not None:
             log.info("follower %s reachable again", progress.address)
             progress.last_error = None
             progress.failing_since = None
         progress.node_id = answer.get("node_id")
+        progress.requests += 1
+        progress.entries_sent += len(batch)
         for d in batch:
             progress.confirmed(d.seq)
         progress.reported_applied(applied)
@@ -226,8 +235,6 @@ class FollowerChannel:
     def close(self) -> None:
         self.closed = True
         self.due.clear()
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
         self.connection.close()
 
 
@@ -252,14 +259,6 @@ class Replicator:
         self.max_delay_ms = max_delay_ms
         self.rng = rng or random.Random()
         self.channels = [FollowerChannel(p, secret, on_confirm, max_batch_bytes) for p in progress.values()]
-        self.senders = TaskGroup("replication")
-        self._started = False
-
-    def _start(self) -> None:
-        """The channels' tasks need the running loop, so they start with the first entry."""
-        self._started = True
-        for channel in self.channels:
-            self.senders.spawn(channel.run())
 
     @property
     def in_flight(self) -> int:
@@ -268,8 +267,6 @@ class Replicator:
     def replicate(self, seq: int, body: bytes) -> dict[str, float]:
         """Schedule entry ``seq`` (its JSON ``body``) for every follower; return the delay (ms)
         drawn for each."""
-        if not self._started:
-            self._start()
         delays = {}
         uniform, low, high = self.rng.uniform, self.min_delay_ms, self.max_delay_ms
         for channel in self.channels:
@@ -281,4 +278,3 @@ class Replicator:
     async def close(self) -> None:
         for channel in self.channels:
             channel.close()
-        await self.senders.cancel_all()
