@@ -12,7 +12,6 @@ limits and error bodies (``node.handlers``), so a client cannot tell them apart.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from tornado.httputil import (
 from tornado.log import access_log
 from tornado.web import Application
 
-from node import handlers
+from node import codec, handlers
 from node.follower import EntryConflict
 from node.leader import WriteTimeout
 from node.limits import REPLICATE_BODY_FACTOR
@@ -148,7 +147,7 @@ class JsonRequest(HTTPMessageDelegate):
     def respond(self, status: int, payload: Any) -> None:
         if self.gone:
             return
-        body = json.dumps(payload).encode()
+        body = codec.dumps(payload)
         headers = HTTPHeaders({"Content-Type": "application/json; charset=UTF-8", "Content-Length": str(len(body))})
         self.conn.write_headers(ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown")), headers, body)
         self.conn.finish()

@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from node import codec
+
 log = logging.getLogger(__name__)
 
 HEADER = b"#kvlog 1\n"
@@ -96,7 +98,7 @@ class Entry:
 
 
 def _canonical(entry: Entry) -> bytes:
-    return json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    return codec.dumps_sorted(entry.to_dict())
 
 
 def encode_record(entry: Entry) -> bytes:

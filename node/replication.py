@@ -17,7 +17,6 @@ missing entries from the leader's ``/log`` by itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import socket
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import DefaultExecutorResolver, Resolver
 
+from node import codec
 from node.httpclient import PeerConnection, PeerError
 from node.quorum import FollowerProgress
 
@@ -204,7 +204,7 @@ class FollowerChannel:
         if status != 200:
             return self._failed(f"HTTP {status}: {body[:200]!r}")
         try:
-            answer = json.loads(body)
+            answer = codec.loads(body)
             applied = int(answer["applied_seq"])
         except (ValueError, KeyError, TypeError):
             return self._failed(f"unreadable confirmation {body[:200]!r}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from tornado.web import HTTPError
 
+from node import codec
 from node.limits import MAX_JSON_DEPTH, MAX_KEY_BYTES
 
 
@@ -49,6 +50,10 @@ def parse_json(raw: bytes) -> Any:
     """Decode a request body as strict JSON (no NaN/Infinity); raise ApiError(400) otherwise."""
     if not raw.strip():
         raise ApiError(400, "request body is empty; send a JSON object")
+    decoded, value = codec.loads_fast(raw)  # orjson refuses NaN/Infinity and 1e999 too
+    if decoded:
+        _check_depth(value)
+        return value
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
