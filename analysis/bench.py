@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 from analysis import FOLLOWER_COUNT, NODE_NAMES
 from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints
-from analysis.loadclient import HttpConnection, RequestError
 from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_writes
+from node.httpclient import PeerConnection, PeerError
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -261,7 +261,7 @@ class Loop:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def client_loop(conn: HttpConnection, loop: Loop) -> None:
+async def client_loop(conn: PeerConnection, loop: Loop) -> None:
     """Writes back to back; a write counts if it was acknowledged inside the measured window."""
     while not loop.stop.is_set():
         if loop.sent >= loop.max_writes:
@@ -272,7 +272,7 @@ async def client_loop(conn: HttpConnection, loop: Loop) -> None:
         start = time.perf_counter()
         try:
             status, answer = await conn.request("POST", "/write", body, JSON_HEADERS)
-        except RequestError as exc:
+        except PeerError as exc:
             status, answer = 0, str(exc).encode()
         end = time.perf_counter()
         if status != 200:
@@ -299,7 +299,7 @@ async def window_timer(loop: Loop, warmup: float, duration: float, pids: dict[st
 async def closed_loop(host: str, port: int, args: argparse.Namespace, clients: int,
                       pids: dict[str, int]) -> tuple[Loop, dict[str, float]]:
     """``clients`` connections writing back to back; returns the loop and CPU seconds per process in the window."""
-    conns = [HttpConnection(host, port, args.timeout) for _ in range(clients)]
+    conns = [PeerConnection(host, port, args.timeout) for _ in range(clients)]
     loop = Loop(args.max_writes, args.keys)
     timer = None
     try:
@@ -357,13 +357,13 @@ def report_loop(row: dict, loop: Loop) -> None:
 # --- delays mode ------------------------------------------------------------------------------
 
 
-async def one_seeded_write(conn: HttpConnection, planned: PlannedWrite, quorum: int, names: dict[str, str]) -> dict:
+async def one_seeded_write(conn: PeerConnection, planned: PlannedWrite, quorum: int, names: dict[str, str]) -> dict:
     """One planned write and what its answer says about the drawn delays."""
     body = json.dumps({"key": planned.key, "value": planned.value}).encode()
     start = time.perf_counter()
     try:
         status, raw = await conn.request("POST", "/write", body, JSON_HEADERS)
-    except RequestError as exc:
+    except PeerError as exc:
         status, raw = 0, json.dumps({"error": str(exc)}).encode()
     latency_ms = (time.perf_counter() - start) * 1000
     answer = json.loads(raw) if raw.startswith(b"{") else {"error": raw[:200].decode(errors="replace")}
@@ -380,10 +380,10 @@ async def seeded_writes(host: str, port: int, args: argparse.Namespace, quorum: 
                         names: dict[str, str]) -> list[dict]:
     """The study's plan for this quorum, exactly ``concurrency`` writes in flight."""
     queue = list(reversed(plan_writes(args.writes, args.keys, quorum, args.seed)))
-    conns = [HttpConnection(host, port, args.timeout) for _ in range(min(args.concurrency, len(queue)))]
+    conns = [PeerConnection(host, port, args.timeout) for _ in range(min(args.concurrency, len(queue)))]
     rows: list[dict] = []
 
-    async def worker(conn: HttpConnection) -> None:
+    async def worker(conn: PeerConnection) -> None:
         await conn.request("GET", "/health")
         while queue:
             rows.append(await one_seeded_write(conn, queue.pop(), quorum, names))

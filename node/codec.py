@@ -10,12 +10,17 @@ the errors it reports do not depend on which library did the work.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 try:
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a bare install working
     orjson = None
+
+
+# 19 digits in a row may be an integer orjson would read as a float (e.g. 2**64): leave it to json.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def dumps(value: Any) -> bytes:
@@ -41,7 +46,7 @@ def dumps_sorted(value: Any) -> bytes:
 def loads_fast(raw: bytes) -> tuple[bool, Any]:
     """(True, value) when orjson decodes ``raw``; (False, None) when the caller must use its
     own ``json`` path (which then accepts it or says precisely what is wrong)."""
-    if orjson is None:
+    if orjson is None or _LONG_DIGITS.search(raw):
         return False, None
     try:
         return True, orjson.loads(raw)

@@ -1,4 +1,4 @@
-"""A persistent HTTP/1.1 connection to one peer, for the leader's replication traffic.
+"""A persistent HTTP/1.1 connection to one peer: the leader's replication traffic, the benchmark.
 
 Why not Tornado's ``AsyncHTTPClient``: its default client opens a new TCP connection for every
 request, and connection set-up plus its per-request machinery cost more than the work a
@@ -8,9 +8,12 @@ channel batches what becomes due meanwhile). Responses are parsed by ``httptools
 llhttp parser, as used by uvicorn), so Content-Length and chunked bodies are both handled by a
 complete HTTP/1.1 parser rather than by hand.
 
-    conn = PeerConnection("follower1", 8000)
-    status, body = await conn.request("POST", "/replicate", payload, {"X-Replication-Secret": s}, timeout=10)
+    conn = PeerConnection("follower1", 8000, timeout=10)
+    status, body = await conn.request("POST", "/replicate", payload, {"X-Replication-Secret": s})
+    conn.send("POST", "/replicate", payload, headers, 10, callback)   # the same, without a task
     conn.close()
+
+The benchmark's load client uses it too: it must cost the client as little as possible.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from collections.abc import Callable
 import httptools
 
 
-class PeerError(Exception):
+class PeerError(ConnectionError):
     """No complete HTTP answer from the peer: refused, reset, closed, timed out or garbled."""
+
+
+class PeerTimeout(PeerError, TimeoutError):
+    """The peer did not answer in time."""
 
 
 Callback = Callable[[int, bytes, "PeerError | None"], None]
@@ -48,12 +55,12 @@ class _ResponseReader(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fail(PeerError(f"{self.peer} sent a malformed HTTP response: {exc}"))
+            self.fail(PeerError(f"{self.peer}: malformed HTTP response: {exc}"))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.fail(PeerError(f"connection to {self.peer} closed before the answer" + (f": {exc}" if exc else "")))
+        self.fail(PeerError(f"{self.peer}: connection closed by the server before the answer" + (f": {exc}" if exc else "")))
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -81,22 +88,28 @@ class PeerConnection:
     :meth:`request` is the awaitable form for everything else.
     """
 
-    def __init__(self, host: str, port: int, connect_timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.host, self.port = host, port
         self.peer = f"{host}:{port}"
-        self.connect_timeout = connect_timeout
+        self.timeout = timeout  # for connecting, and for an answer when a call names none
+        self.connects = 0
         self._reader: _ResponseReader | None = None
         self._host_header = f"Host: {self.peer}\r\n".encode()
         self._connecting: asyncio.Task | None = None
 
     @classmethod
-    def to(cls, address: str, connect_timeout: float = 10.0) -> PeerConnection:
+    def to(cls, address: str, timeout: float = 10.0) -> PeerConnection:
         host, _, port = address.rpartition(":")
-        return cls(host, int(port), connect_timeout)
+        return cls(host, int(port), timeout)
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                      timeout: float = 10.0) -> tuple[int, bytes]:
-        """Send one request and return (status, body); raise PeerError when no full answer came."""
+    @property
+    def busy(self) -> bool:
+        return self._reader is not None and self._reader.callback is not None
+
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None, timeout: float | None = None) -> tuple[int, bytes]:
+        """Send one request and return (status, body); raise PeerError (PeerTimeout) when no
+        full answer came."""
         answered = asyncio.get_running_loop().create_future()
 
         def done(status: int, answer: bytes, error: PeerError | None) -> None:
@@ -107,23 +120,26 @@ class PeerConnection:
             else:
                 answered.set_exception(error)
 
-        self.send(method, path, body, headers, timeout, done)
+        self.send(method, path, body, headers, self.timeout if timeout is None else timeout, done)
         try:
             return await answered
         except asyncio.CancelledError:
-            self.close()  # a late answer would be read as the next request's: start afresh
+            self.close()  # the caller gave up: a late answer must not pass for the next one's
             raise
 
-    def send(self, method: str, path: str, body: bytes, headers: dict[str, str] | None, timeout: float,
+    def send(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None, timeout: float,
              callback: Callback) -> None:
         """Send one request; ``callback(status, body, None)`` gets the answer, or
         ``callback(0, b"", PeerError)`` if none came within ``timeout`` seconds."""
-        head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header,
-                f"Content-Length: {len(body)}\r\n".encode()]
+        if self.busy:
+            raise RuntimeError(f"{self.peer}: one request at a time per connection")
+        head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header]
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}\r\n".encode())
         for name, value in (headers or {}).items():
             head.append(f"{name}: {value}\r\n".encode())
         head.append(b"\r\n")
-        message = b"".join(head) + body
+        message = b"".join(head) + (body or b"")
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, self._time_out, f"{method} {path}", timeout)
         callback = self._with_timer(callback, timer)
@@ -146,23 +162,23 @@ class PeerConnection:
         loop = asyncio.get_running_loop()
         try:
             _, reader = await asyncio.wait_for(
-                loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port),
-                self.connect_timeout)
+                loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
         except asyncio.TimeoutError:
-            callback(0, b"", PeerError(f"cannot connect to {self.peer} within {self.connect_timeout:g} s"))
+            callback(0, b"", PeerTimeout(f"{self.peer}: cannot connect within {self.timeout:g} s"))
             return
         except OSError as exc:
-            callback(0, b"", PeerError(f"cannot connect to {self.peer}: {exc.strerror or exc}"))
+            callback(0, b"", PeerError(f"{self.peer}: cannot connect: {exc.strerror or exc}"))
             return
         except asyncio.CancelledError:  # the request's own timeout ran out first, or closing
-            callback(0, b"", PeerError(f"no connection to {self.peer} before the request's timeout"))
+            callback(0, b"", PeerTimeout(f"{self.peer}: not connected before the request's timeout"))
             return
+        self.connects += 1
         self._reader = reader
         reader.callback = callback
         reader.transport.write(message)
 
     def _time_out(self, what: str, timeout: float) -> None:
-        error = PeerError(f"{self.peer} did not answer {what} within {timeout:g} s")
+        error = PeerTimeout(f"{self.peer}: no answer to {what} within {timeout:g} s")
         if self._reader is not None and self._reader.callback is not None:
             self._reader.fail(error)
         elif self._connecting is not None and not self._connecting.done():

@@ -110,7 +110,7 @@ class FollowerChannel:
         self.on_confirm = on_confirm
         self.max_batch_bytes = max_batch_bytes
         self.headers = {"Content-Type": "application/json", SECRET_HEADER: secret}
-        self.connection = PeerConnection.to(progress.address, connect_timeout=SEND_TIMEOUT_S)
+        self.connection = PeerConnection.to(progress.address, timeout=SEND_TIMEOUT_S)
         self.due: deque[Due] = deque()
         self.delayed = 0  # entries still in their delay
         self.out: list[Due] = []  # the batch of the request now out

@@ -103,3 +103,22 @@ async def test_restart_rebuilds_state_from_an_arrival_order_log(tmp_path):
     await again.receive(entry(3))
     assert again.store.applied_seq == 5
     await again.close()
+
+
+@pytest.mark.gen_test
+async def test_a_batch_with_one_conflicting_entry_changes_nothing(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive_batch([entry(1), entry(2)])
+    appended_before = len(list(iter_entries(follower.log.path)))
+    with pytest.raises(EntryConflict):
+        await follower.receive_batch([entry(3), entry(2, value="different"), entry(4)])
+    assert len(list(iter_entries(follower.log.path))) == appended_before
+    assert follower.store.applied_seq == 2 and follower.received_max == 2
+
+
+@pytest.mark.gen_test
+async def test_a_batch_is_durable_and_applied_in_order_whatever_its_order(tmp_path):
+    follower = make_follower(tmp_path)
+    await follower.receive_batch([entry(3), entry(1), entry(2), entry(1)])  # with a duplicate
+    assert follower.store.applied_seq == 3
+    assert [e.seq for e in iter_entries(follower.log.path)] == [3, 1, 2]

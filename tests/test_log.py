@@ -135,3 +135,67 @@ def test_fingerprints_tell_redelivery_from_a_different_entry():
     for seq in range(4, far):  # filling the hole moves into the dense array; the far one stays
         prints.set(seq, 7)
     assert prints.get(far) == fingerprint(entry(far)) and prints.get(far - 1) == 7
+
+
+@pytest.mark.parametrize("slow_disk", [False, True])
+@pytest.mark.gen_test
+async def test_group_commit_runs_on_the_loop_while_quick_and_in_the_sync_thread_once_slow(tmp_path, monkeypatch, slow_disk):
+    import threading
+    import time
+
+    from node import log as logmodule
+
+    threads = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        threads.append(threading.current_thread() is threading.main_thread())
+        if slow_disk:
+            time.sleep(0.005)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(logmodule, "INLINE_SYNC_MAX_S", 0.002)
+    log, _ = LogFile.open(str(tmp_path), "batch")
+    threads.clear()
+    for round_ in range(12):
+        await asyncio.gather(*(append_then_sync(log, 10 * round_ + i) for i in range(1, 6)))
+    assert len(threads) == 12  # five writers per round share one fsync
+    # Quick syncs stay on the loop; slow ones move to the sync thread after a few.
+    assert all(threads) if not slow_disk else (threads[0] and not any(threads[-5:]))
+    log.close()
+
+
+async def append_then_sync(log, seq):
+    log.append(entry(seq))
+    await log.sync()
+
+
+@pytest.mark.gen_test
+async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path, monkeypatch):
+    from node import log as logmodule
+
+    monkeypatch.setattr(logmodule, "INLINE_SYNC_MAX_S", 0.0)  # every sync in the thread
+    log, _ = LogFile.open(str(tmp_path), "batch")
+    log.append(entry(1))
+    first = log.sync_future()
+    await asyncio.sleep(0)  # the first fsync starts
+    log.append(entry(2))
+    second = log.sync_future()
+    assert second is not first
+    await second
+    assert first.done() and log._synced == log._appended
+    log.close()
+
+
+@pytest.mark.parametrize("value", [
+    10**30,                      # beyond 64 bits: orjson refuses, the standard library does not
+    "\ud800 lone surrogate",     # likewise
+    {"nested": [1.5, "é", None, True]},
+])
+def test_records_encode_and_decode_whatever_codec_takes_the_value(tmp_path, value):
+    from node.log import encode_record, iter_entries
+
+    path = tmp_path / "replication.log"
+    path.write_bytes(HEADER + encode_record(entry(1, value=value)))
+    assert next(iter_entries(str(path))).value == value

@@ -206,3 +206,53 @@ async def test_no_retry_storm_against_a_follower_that_is_down(make_cluster, monk
         assert status["followers"][cluster.address("follower4")]["last_error"]
         await cluster.start("follower4")  # back: it pulls everything it missed
         await cluster.settled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_entries_due_together_share_a_request_and_none_goes_before_its_delay(make_cluster):
+    async with make_cluster(WRITE_QUORUM="5", MIN_DELAY="150", MAX_DELAY="150") as cluster:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(40)))
+        elapsed = loop.time() - started
+        assert sorted(a["seq"] for a in answers) == list(range(1, 41))
+        # Every send waited its own 150 ms: no write can be acknowledged sooner.
+        assert elapsed >= 0.15
+        _, status = await cluster.request("leader", "GET", "/status")
+        for follower in status["followers"].values():
+            # 40 entries falling due within a few ms of each other travel in far fewer requests.
+            assert follower["acked_seq"] == 40
+            assert follower["requests"] < 40 and follower["entries_per_request"] > 1, follower
+        await cluster.settled()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_follower_answering_slowly_gets_what_fell_due_meanwhile_in_one_request(make_cluster):
+    async with make_cluster(WRITE_QUORUM="4", MIN_DELAY="0", MAX_DELAY="0") as cluster:
+        await cluster.write("warm", 0)
+        follower5 = cluster.nodes["follower5"]
+        real_accept = follower5.accept
+        release = asyncio.Event()
+
+        def held_accept(entries):  # durable only once released: the leader's request stays out
+            stored = real_accept(entries)
+            held = asyncio.get_running_loop().create_future()
+
+            async def later():
+                await release.wait()
+                await stored
+                held.set_result(None)
+
+            asyncio.ensure_future(later())
+            return held
+
+        follower5.accept = held_accept
+        answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(30)))
+        assert all(a["confirmations"] >= 4 for a in answers)
+        before = (await cluster.request("leader", "GET", "/status"))[1]["followers"][cluster.address("follower5")]
+        release.set()
+        await cluster.settled()
+        after = (await cluster.request("leader", "GET", "/status"))[1]["followers"][cluster.address("follower5")]
+        # One request was out while 30 entries fell due; they follow in one more (or very few).
+        assert after["acked_seq"] == 31
+        assert after["requests"] - before["requests"] <= 3, (before, after)

@@ -1,4 +1,4 @@
-"""The benchmark's HTTP client against a real Tornado server on an unused port."""
+"""The keep-alive HTTP client (replication and benchmark) against a real Tornado server on an unused port."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from analysis.loadclient import HttpConnection, RequestError, RequestTimeout
+from node.httpclient import PeerConnection, PeerError, PeerTimeout
 
 
 class CountingServer(HTTPServer):
@@ -55,7 +55,7 @@ def serve(scenario, **server_options):
         app = Application([("/echo", Echo), ("/chunked", Chunked), ("/slow", Slow), ("/hangup", Hangup)])
         server = CountingServer(app, **server_options)
         server.add_sockets([sock])
-        connection = HttpConnection("127.0.0.1", port, timeout=5.0)
+        connection = PeerConnection("127.0.0.1", port, timeout=5.0)
         try:
             return await asyncio.wait_for(scenario(connection, server), timeout=20)
         finally:
@@ -100,7 +100,7 @@ def test_reconnects_after_the_server_closed_an_idle_connection():
 
 def test_connection_lost_mid_request_names_the_peer_and_recovers():
     async def scenario(conn, server):
-        with pytest.raises(RequestError, match=rf"127\.0\.0\.1:{conn.port}: connection closed by the server"):
+        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{conn.port}: connection closed by the server before the answer"):
             await conn.request("GET", "/hangup")
         return await conn.request("GET", "/echo")
 
@@ -110,7 +110,7 @@ def test_connection_lost_mid_request_names_the_peer_and_recovers():
 def test_timeout_names_the_peer_and_the_next_request_uses_a_fresh_connection():
     async def scenario(conn, server):
         conn.timeout = 0.2
-        with pytest.raises(RequestTimeout, match=rf"127\.0\.0\.1:{conn.port}: no answer to GET /slow within 0.2 s"):
+        with pytest.raises(PeerTimeout, match=rf"127\.0\.0\.1:{conn.port}: no answer to GET /slow within 0.2 s"):
             await conn.request("GET", "/slow")
         conn.timeout = 5.0
         return await conn.request("GET", "/echo"), server.connections
@@ -124,7 +124,7 @@ def test_refused_connection_is_a_request_error():
     async def scenario():
         sock, port = bind_unused_port()
         sock.close()  # nothing listens there any more
-        with pytest.raises(RequestError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
-            await HttpConnection("127.0.0.1", port, timeout=2).request("GET", "/")
+        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
+            await PeerConnection("127.0.0.1", port, timeout=2).request("GET", "/")
 
     asyncio.run(scenario())
