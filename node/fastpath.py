@@ -30,7 +30,7 @@ from tornado.web import Application
 from node import codec, handlers
 from node.follower import EntryConflict
 from node.leader import WriteTimeout
-from node.limits import REPLICATE_BODY_FACTOR
+from node.limits import MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
 from node.replication import SECRET_HEADER
 from node.validation import ApiError, parse_json
 
@@ -101,6 +101,8 @@ class JsonRequest(HTTPMessageDelegate):
         self.too_large = False
         self.gone = False
 
+    max_depth = MAX_JSON_DEPTH
+
     def body_limit(self) -> int:
         return self.node.config.max_body_bytes
 
@@ -123,7 +125,7 @@ class JsonRequest(HTTPMessageDelegate):
     def json_body(self) -> Any:
         if self.too_large:
             raise ApiError(413, self.too_large_message())
-        return parse_json(b"".join(self.chunks))
+        return parse_json(b"".join(self.chunks), self.max_depth)
 
     def too_large_message(self) -> str:
         return f"request body exceeds MAX_BODY_BYTES={self.body_limit()} bytes"
@@ -190,6 +192,8 @@ class WriteRequest(JsonRequest):
 
 class ReplicateRequest(JsonRequest):
     """POST /replicate on a follower: entries stored and confirmed once durable."""
+
+    max_depth = REPLICATE_JSON_DEPTH
 
     def body_limit(self) -> int:
         return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096

@@ -17,7 +17,7 @@ from tornado.web import RequestHandler, stream_request_body
 
 from node.follower import EntryConflict
 from node.leader import WriteTimeout
-from node.limits import LOG_PAGE_BYTES, REPLICATE_BODY_FACTOR
+from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
 from node.log import Entry, EntryError
 from node.replication import SECRET_HEADER
 from node.validation import ApiError, json_type, parse_json, validate_key
@@ -31,6 +31,8 @@ WRITE_FIELDS = {"key", "value"}
 @stream_request_body
 class BaseHandler(RequestHandler):
     """JSON in, JSON out, for every endpoint of both roles."""
+
+    max_depth = MAX_JSON_DEPTH
 
     def initialize(self, node) -> None:
         self.node = node
@@ -59,7 +61,7 @@ class BaseHandler(RequestHandler):
             if self.body_limit() == self.node.config.max_body_bytes:
                 raise ApiError(413, f"request body exceeds MAX_BODY_BYTES={self.body_limit()} bytes")
             raise ApiError(413, f"request body exceeds {self.body_limit()} bytes")
-        return parse_json(bytes(self._body))
+        return parse_json(bytes(self._body), self.max_depth)
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -221,6 +223,8 @@ class ClearHandler(MutationHandler):
 class ReplicateHandler(BaseHandler):
     """Internal: the leader pushes entries, one (an Entry) or several (``{"entries": [...]}``);
     answered once all of them are durable here."""
+
+    max_depth = REPLICATE_JSON_DEPTH
 
     def body_limit(self) -> int:
         return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096

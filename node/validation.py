@@ -36,23 +36,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_depth(value: Any) -> None:
+def _check_depth(value: Any, max_depth: int) -> None:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, (dict, list)):
-            if depth > MAX_JSON_DEPTH:
-                raise ApiError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+            if depth > max_depth:
+                raise ApiError(400, f"request body is nested more than {max_depth} levels deep")
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
-def parse_json(raw: bytes) -> Any:
-    """Decode a request body as strict JSON (no NaN/Infinity); raise ApiError(400) otherwise."""
+def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a request body as strict JSON (no NaN/Infinity) nested at most ``max_depth``
+    levels; raise ApiError(400) otherwise."""
     if not raw.strip():
         raise ApiError(400, "request body is empty; send a JSON object")
     decoded, value = codec.loads_fast(raw)  # orjson refuses NaN/Infinity and 1e999 too
     if decoded:
-        _check_depth(value)
+        _check_depth(value, max_depth)
         return value
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
@@ -62,7 +63,7 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, "request body is nested too deeply") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    _check_depth(value)
+    _check_depth(value, max_depth)
     return value
 
 

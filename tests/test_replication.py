@@ -256,3 +256,17 @@ async def test_a_follower_answering_slowly_gets_what_fell_due_meanwhile_in_one_r
         # One request was out while 30 entries fell due; they follow in one more (or very few).
         assert after["acked_seq"] == 31
         assert after["requests"] - before["requests"] <= 3, (before, after)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_value_nested_to_the_limit_replicates_inside_a_batch(make_cluster):
+    from node.limits import MAX_JSON_DEPTH
+
+    deepest = 0
+    for _ in range(MAX_JSON_DEPTH - 2):  # the body {"key":..., "value": ...} adds one level, the list one
+        deepest = [deepest]
+    async with make_cluster(WRITE_QUORUM="5", MIN_DELAY="20", MAX_DELAY="20") as cluster:
+        answers = await asyncio.gather(*(cluster.write(f"k{i}", deepest) for i in range(3)))
+        assert all(a["confirmations"] == 5 for a in answers)
+        _, status = await cluster.request("leader", "GET", "/status")
+        assert all(f["entries_per_request"] >= 1 and f["last_error"] is None for f in status["followers"].values())
