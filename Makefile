@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down clean logs ps test unit run analysis lint venv
+.PHONY: up down clean logs ps test unit run analysis bench lint venv
 
 ## Docker Compose cluster: prepares the base image and wheels when missing, builds, waits healthy.
 up:
@@ -47,6 +47,11 @@ run: $(STAMP)
 ## The write-quorum study against the compose cluster (see python -m analysis --help).
 analysis: $(STAMP)
 	$(PY) -m analysis
+
+## Throughput and overhead benchmark on local processes (see python -m analysis.bench --help).
+bench: $(STAMP)
+	$(PY) -m analysis.bench --single
+	$(PY) -m analysis.bench --mode delays
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -43,6 +43,8 @@ SEND_TIMEOUT_S = 10.0
 # For the follower's pulls from /log (Tornado's client): Tornado's default of 10 simultaneous
 # requests would make them queue behind each other.
 MAX_CLIENTS = 10_000
+# The event loop's timer granularity (see FollowerChannel._delay_over).
+TIMER_TICK_S = 0.001
 # A follower whose sends have failed for this long counts as down (see _send).
 DOWN_AFTER_S = 2.0
 
@@ -128,9 +130,20 @@ class FollowerChannel:
             self._make_due(seq, body)
         else:
             self.delayed += 1
-            asyncio.get_running_loop().call_later(delay_s, self._delay_over, seq, body)
+            due = time.monotonic() + delay_s
+            asyncio.get_running_loop().call_later(delay_s, self._delay_over, seq, body, due)
 
-    def _delay_over(self, seq: int, body: bytes) -> None:
+    def _delay_over(self, seq: int, body: bytes, due: float) -> None:
+        """The timer fired; the entry is due unless the timer fired early.
+
+        Event-loop timers have millisecond granularity, and libuv's (uvloop) can fire up to
+        about a millisecond *early* (its clock is cached per loop iteration). A send must never
+        precede its drawn delay, so an early timer is re-armed for the rest, at least one tick.
+        """
+        early = due - time.monotonic()
+        if early > 0:
+            asyncio.get_running_loop().call_later(max(early, TIMER_TICK_S), self._delay_over, seq, body, due)
+            return
         self.delayed -= 1
         self._make_due(seq, body)
 

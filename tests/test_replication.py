@@ -270,3 +270,37 @@ async def test_a_value_nested_to_the_limit_replicates_inside_a_batch(make_cluste
         assert all(a["confirmations"] == 5 for a in answers)
         _, status = await cluster.request("leader", "GET", "/status")
         assert all(f["entries_per_request"] >= 1 and f["last_error"] is None for f in status["followers"].values())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_no_entry_falls_due_before_its_own_delay(loop_kind):
+    """uvloop's timers can fire up to about a millisecond early; the channel must not."""
+    import random
+    import time
+
+    import uvloop
+
+    from node.quorum import FollowerProgress
+    from node.replication import FollowerChannel
+
+    async def scenario():
+        channel = FollowerChannel(FollowerProgress("127.0.0.1:9"), "secret", lambda seq, f: None, 1 << 20)
+        pushed, fell_due = {}, {}
+        channel._make_due = lambda seq, body: fell_due.__setitem__(seq, time.monotonic())
+        rng = random.Random(7)
+        for seq in range(1, 301):
+            delay = rng.uniform(0.0005, 0.02)
+            pushed[seq] = (time.monotonic(), delay)
+            channel.push(seq, b"{}", delay)
+            busy_until = time.perf_counter() + 0.0002  # some work between pushes, as in a busy leader
+            while time.perf_counter() < busy_until:
+                pass
+            if seq % 10 == 0:
+                await asyncio.sleep(0.001)
+        while len(fell_due) < len(pushed):
+            await asyncio.sleep(0.01)
+        return [fell_due[seq] - at - delay for seq, (at, delay) in pushed.items()]
+
+    runner = uvloop.run if loop_kind == "uvloop" else asyncio.run
+    lateness = runner(scenario())
+    assert min(lateness) >= 0, f"an entry fell due {-min(lateness) * 1000:.3f} ms before its delay"
