@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--warmup", type=float, default=1.0, help="writes before the window, not counted, s (default: %(default)s)")
     t.add_argument("--max-writes", type=int, default=200000, help="cap on writes sent per loop (default: %(default)s)")
     t.add_argument("--single", action="store_true", help="also run one client alone at the highest quorum")
+    t.add_argument("--no-baseline", action="store_true",
+                   help="skip the no-op Tornado server measured first (the machine's ceiling in this run)")
     d = p.add_argument_group("delays mode")
     d.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
     d.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY, ms (default: %(default)s)")
@@ -349,6 +352,39 @@ def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> l
         return rows
 
 
+@contextlib.contextmanager
+def noop_server(port: int) -> Iterator[int]:
+    """``analysis.noop_server`` on ``port``; yields its pid once it accepts connections."""
+    proc = subprocess.Popen([sys.executable, "-m", "analysis.noop_server", str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the no-op server on port {port} did not start (exit code {proc.poll()})")
+            time.sleep(0.05)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def measure_baseline(args: argparse.Namespace) -> dict:
+    """The same closed loop against one Tornado process that does nothing: this machine's ceiling now."""
+    with noop_server(args.base_port) as pid:
+        loop, cpu = run(closed_loop("127.0.0.1", args.base_port, args, args.concurrency, {"leader": pid}))
+    window = loop.window_end - loop.window_start
+    ok = len(loop.latencies_ms)
+    return {
+        "concurrency": args.concurrency, "window_s": window, "writes_ok": ok, "errors": loop.errors,
+        "requests_per_s": ok / window if window > 0 else math.nan,
+        "latency_p50_ms": percentile(loop.latencies_ms, 50),
+        "server_cpu_us_per_request": per_write_us(cpu["leader"], ok),
+        "client_cpu_us_per_request": per_write_us(cpu["client"], ok),
+    }
+
+
 def report_loop(row: dict, loop: Loop) -> None:
     progress(f"k={row['quorum']} c={row['concurrency']}: {row['writes_ok']} writes in {row['window_s']:.1f} s, "
              f"{row['errors']} errors" + (f" (first: {loop.first_error})" if loop.first_error else ""))
@@ -480,6 +516,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     rows: list[dict] = []
     writes: list[dict] = []
     try:
+        if args.mode == "throughput" and not args.no_baseline:
+            progress("baseline: a no-op Tornado server, same client")
+            args.baseline = measure_baseline(args)
         for quorum in args.quorums:
             progress(f"k={quorum}: starting")
             if args.mode == "throughput":
@@ -503,6 +542,14 @@ def report(args: argparse.Namespace, rows: list[dict], writes: list[dict]) -> di
                 print(f"single client at k={row['quorum']}: p50 {row['latency_p50_ms']:.2f} ms, "
                       f"p99 {row['latency_p99_ms']:.2f} ms, {row['writes_per_s']:.0f} writes/s")
         paths = {"throughput": write_csv(os.path.join(args.output, "throughput.csv"), rows)}
+        baseline = getattr(args, "baseline", None)
+        if baseline:
+            print(f"baseline, a no-op Tornado server with the same {baseline['concurrency']} clients: "
+                  f"{baseline['requests_per_s']:.0f} requests/s, p50 {baseline['latency_p50_ms']:.2f} ms, "
+                  f"{baseline['server_cpu_us_per_request']:.0f} µs server CPU per request")
+            for row in main_rows:
+                print(f"  k={row['quorum']}: {row['writes_per_s'] / baseline['requests_per_s']:.0%} of the baseline")
+            paths["baseline"] = write_csv(os.path.join(args.output, "baseline.csv"), [baseline])
     else:
         print(format_table(rows, DELAYS_COLUMNS))
         paths = {"delays": write_csv(os.path.join(args.output, "delays.csv"), rows),
