@@ -28,7 +28,7 @@ from tornado.log import access_log
 from tornado.web import Application
 
 from node import codec, handlers
-from node.follower import EntryConflict
+from node.follower import EntryConflict, ShuttingDown
 from node.leader import WriteTimeout
 from node.limits import MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
 from node.replication import SECRET_HEADER
@@ -209,4 +209,6 @@ class ReplicateRequest(JsonRequest):
         except EntryConflict as exc:
             log.error("%s", exc)
             raise ApiError(409, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
         self.respond_when_done(stored, lambda _: handlers.replicate_answer(self.node, entries, single))

@@ -36,6 +36,10 @@ class EntryConflict(Exception):
     """The leader sent a different entry under a sequence number this follower already holds."""
 
 
+class ShuttingDown(Exception):
+    """The follower is stopping and takes no more entries; the leader retries them later."""
+
+
 class Follower:
     role = "follower"
 
@@ -83,6 +87,9 @@ class Follower:
 
         Callback-driven, no task per batch: this is the follower's whole hot path.
         """
+        if self._stopping.is_set():
+            raise ShuttingDown(f"follower {self.config.node_id} is shutting down; the leader retries the entries "
+                               f"and the follower pulls what it missed when it is back")
         records = [encode_record(entry) for entry in entries]
         prints = [record_fingerprint(record) for record in records]
         for entry, print_ in zip(entries, prints):  # all first: a conflict must not leave half a batch
@@ -145,6 +152,8 @@ class Follower:
             try:
                 leader_last = await self.pull(upto)
                 upto = leader_last
+            except ShuttingDown:
+                return
             except Exception as exc:  # leader down or unreachable: try again next tick
                 if self.last_pull_error is None:
                     log.warning("cannot pull from leader %s: %s", self.config.leader, exc)

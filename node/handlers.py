@@ -15,7 +15,7 @@ from typing import Any
 
 from tornado.web import RequestHandler, stream_request_body
 
-from node.follower import EntryConflict
+from node.follower import EntryConflict, ShuttingDown
 from node.leader import WriteTimeout
 from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
 from node.log import Entry, EntryError
@@ -239,6 +239,8 @@ class ReplicateHandler(BaseHandler):
         except EntryConflict as exc:
             log.error("%s", exc)
             raise ApiError(409, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
         self.send_json(replicate_answer(self.node, entries, single))
 
 

@@ -122,3 +122,15 @@ async def test_a_batch_is_durable_and_applied_in_order_whatever_its_order(tmp_pa
     await follower.receive_batch([entry(3), entry(1), entry(2), entry(1)])  # with a duplicate
     assert follower.store.applied_seq == 3
     assert [e.seq for e in iter_entries(follower.log.path)] == [3, 1, 2]
+
+
+@pytest.mark.gen_test
+async def test_a_stopping_follower_refuses_new_entries_and_keeps_what_it_has(tmp_path):
+    from node.follower import ShuttingDown
+
+    follower = make_follower(tmp_path)
+    await follower.receive_batch([entry(1)])
+    await follower.drain(1.0)
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        await follower.receive_batch([entry(2)])
+    assert [e.seq for e in iter_entries(follower.log.path)] == [1]

@@ -16,7 +16,7 @@ SPEC_BYTES = Path(handlers.OPENAPI_PATH).read_bytes()
 SPEC = json.loads(SPEC_BYTES)
 METHODS = ("get", "post", "put", "delete", "patch")
 # Every status the handlers can answer with; anything else would be an undocumented answer.
-KNOWN_STATUSES = {"200", "400", "403", "404", "405", "409", "413", "504"}
+KNOWN_STATUSES = {"200", "400", "403", "404", "405", "409", "413", "503", "504"}
 
 
 def implemented_methods(handler_class) -> set[str]:
