@@ -31,6 +31,7 @@ from tornado.netutil import DefaultExecutorResolver, Resolver
 from node import codec
 from node.httpclient import PeerConnection, PeerError
 from node.quorum import FollowerProgress
+from node.timers import DelayTimers
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ SEND_TIMEOUT_S = 10.0
 # For the follower's pulls from /log (Tornado's client): Tornado's default of 10 simultaneous
 # requests would make them queue behind each other.
 MAX_CLIENTS = 10_000
-# The event loop's timer granularity (see FollowerChannel._delay_over).
-TIMER_TICK_S = 0.001
 # A follower whose sends have failed for this long counts as down (see _send).
 DOWN_AFTER_S = 2.0
 
@@ -125,25 +124,15 @@ class FollowerChannel:
         """Entries not yet confirmed or given up: delayed, due or being sent."""
         return self.delayed + len(self.due) + len(self.out)
 
-    def push(self, seq: int, body: bytes, delay_s: float) -> None:
+    def push(self, seq: int, body: bytes, delay_s: float, timers: DelayTimers) -> None:
+        """Make ``seq`` due for this follower once ``delay_s`` has passed (at once for 0)."""
         if delay_s <= 0:
             self._make_due(seq, body)
         else:
             self.delayed += 1
-            due = time.monotonic() + delay_s
-            asyncio.get_running_loop().call_later(delay_s, self._delay_over, seq, body, due)
+            timers.call_at(time.monotonic() + delay_s, self._delay_over, seq, body)
 
-    def _delay_over(self, seq: int, body: bytes, due: float) -> None:
-        """The timer fired; the entry is due unless the timer fired early.
-
-        Event-loop timers have millisecond granularity, and libuv's (uvloop) can fire up to
-        about a millisecond *early* (its clock is cached per loop iteration). A send must never
-        precede its drawn delay, so an early timer is re-armed for the rest, at least one tick.
-        """
-        early = due - time.monotonic()
-        if early > 0:
-            asyncio.get_running_loop().call_later(max(early, TIMER_TICK_S), self._delay_over, seq, body, due)
-            return
+    def _delay_over(self, seq: int, body: bytes) -> None:
         self.delayed -= 1
         self._make_due(seq, body)
 
@@ -272,6 +261,7 @@ class Replicator:
         self.max_delay_ms = max_delay_ms
         self.rng = rng or random.Random()
         self.channels = [FollowerChannel(p, secret, on_confirm, max_batch_bytes) for p in progress.values()]
+        self.timers: DelayTimers | None = None  # made with the first entry: it needs the running loop
 
     @property
     def in_flight(self) -> int:
@@ -280,14 +270,18 @@ class Replicator:
     def replicate(self, seq: int, body: bytes) -> dict[str, float]:
         """Schedule entry ``seq`` (its JSON ``body``) for every follower; return the delay (ms)
         drawn for each."""
+        if self.timers is None:
+            self.timers = DelayTimers()
         delays = {}
         uniform, low, high = self.rng.uniform, self.min_delay_ms, self.max_delay_ms
         for channel in self.channels:
             delay = uniform(low, high)
             delays[channel.progress.address] = round(delay, 3)
-            channel.push(seq, body, delay / 1000)
+            channel.push(seq, body, delay / 1000, self.timers)
         return delays
 
     async def close(self) -> None:
         for channel in self.channels:
             channel.close()
+        if self.timers is not None:
+            self.timers.close()

@@ -272,18 +272,26 @@ async def test_a_value_nested_to_the_limit_replicates_inside_a_batch(make_cluste
         assert all(f["entries_per_request"] >= 1 and f["last_error"] is None for f in status["followers"].values())
 
 
+@pytest.mark.parametrize("precise", [True, False], ids=["timerfd", "loop-timers"])
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_no_entry_falls_due_before_its_own_delay(loop_kind):
-    """uvloop's timers can fire up to about a millisecond early; the channel must not."""
+def test_no_entry_falls_due_before_its_own_delay(loop_kind, precise, monkeypatch):
+    """uvloop's own timers can fire up to about a millisecond early; the channel must not,
+    with the timerfd or without it."""
     import random
     import time
 
     import uvloop
 
+    from node import timers
     from node.quorum import FollowerProgress
     from node.replication import FollowerChannel
 
+    if not precise:
+        monkeypatch.setattr(timers, "_TIMERFD", None)
+
     async def scenario():
+        delay_timers = timers.DelayTimers()
+        assert delay_timers.precise == precise
         channel = FollowerChannel(FollowerProgress("127.0.0.1:9"), "secret", lambda seq, f: None, 1 << 20)
         pushed, fell_due = {}, {}
         channel._make_due = lambda seq, body: fell_due.__setitem__(seq, time.monotonic())
@@ -291,7 +299,7 @@ def test_no_entry_falls_due_before_its_own_delay(loop_kind):
         for seq in range(1, 301):
             delay = rng.uniform(0.0005, 0.02)
             pushed[seq] = (time.monotonic(), delay)
-            channel.push(seq, b"{}", delay)
+            channel.push(seq, b"{}", delay, delay_timers)
             busy_until = time.perf_counter() + 0.0002  # some work between pushes, as in a busy leader
             while time.perf_counter() < busy_until:
                 pass
@@ -299,8 +307,30 @@ def test_no_entry_falls_due_before_its_own_delay(loop_kind):
                 await asyncio.sleep(0.001)
         while len(fell_due) < len(pushed):
             await asyncio.sleep(0.01)
+        delay_timers.close()
         return [fell_due[seq] - at - delay for seq, (at, delay) in pushed.items()]
 
     runner = uvloop.run if loop_kind == "uvloop" else asyncio.run
     lateness = runner(scenario())
+    assert len(lateness) == 300
     assert min(lateness) >= 0, f"an entry fell due {-min(lateness) * 1000:.3f} ms before its delay"
+
+
+def test_delay_timers_fire_in_due_order_and_survive_a_failing_callback():
+    import time
+
+    from node.timers import DelayTimers
+
+    async def scenario():
+        timers = DelayTimers()
+        fired = []
+        now = time.monotonic()
+        timers.call_at(now + 0.015, lambda: 1 / 0)  # logged; the others still fire
+        for label, offset in [("c", 0.03), ("a", 0.01), ("b", 0.02), ("a2", 0.01)]:
+            timers.call_at(now + offset, fired.append, label)
+        while len(fired) < 4:
+            await asyncio.sleep(0.005)
+        timers.close()
+        return fired
+
+    assert asyncio.run(scenario()) == ["a", "a2", "b", "c"]
