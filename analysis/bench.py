@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     n = p.add_argument_group("where the nodes are")
     n.add_argument("--compose", action="store_true", help="use the Docker Compose cluster instead of local processes")
     n.add_argument("-p", "--project-name", help="compose project name (default: the one `make up` uses)")
+    n.add_argument("--published-port", action="store_true",
+                   help="with --compose: connect through the published port (Docker's userland proxy) "
+                        "instead of the leader container's address")
     n.add_argument("--base-url", default="http://127.0.0.1", help="scheme and host of all nodes (default: %(default)s)")
     n.add_argument("--base-port", type=int, default=8000, help="leader port; follower i on base+i (default: %(default)s)")
     n.add_argument("--node-log-level", default="ERROR", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -219,7 +222,18 @@ def leader_status(cluster: Cluster, quorum: int, delays: tuple[int, int]) -> dic
     return status
 
 
-def leader_address(cluster: Cluster) -> tuple[str, int]:
+def leader_address(cluster: Cluster, args: argparse.Namespace) -> tuple[str, int]:
+    """Where the clients connect. On Compose: the leader container's own address on the
+    project's network, unless --published-port, because the published port on 127.0.0.1 is
+    served by Docker's userland proxy, which would be measured along with the store."""
+    if isinstance(cluster, ComposeCluster) and not args.published_port:
+        container = cluster.compose.container("leader")
+        address = subprocess.run(
+            ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+            capture_output=True, text=True, check=True).stdout.split()
+        if address:
+            return address[0], 8000
+        progress("warning: no container address for the leader; going through the published port")
     url = urlsplit(cluster.endpoints.leader)
     return url.hostname or "127.0.0.1", url.port or 80
 
@@ -342,7 +356,7 @@ def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> l
     delays = (0, 0)
     with quorum_cluster(args, quorum, delays, workdir) as (cluster, pids):
         fsync = leader_status(cluster, quorum, delays).get("fsync")
-        host, port = leader_address(cluster)
+        host, port = leader_address(cluster, args)
         runs = [args.concurrency] + ([1] if args.single and quorum == max(args.quorums) else [])
         rows = []
         for clients in runs:
@@ -370,10 +384,17 @@ def noop_server(port: int) -> Iterator[int]:
         proc.wait(10)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def measure_baseline(args: argparse.Namespace) -> dict:
     """The same closed loop against one Tornado process that does nothing: this machine's ceiling now."""
-    with noop_server(args.base_port) as pid:
-        loop, cpu = run(closed_loop("127.0.0.1", args.base_port, args, args.concurrency, {"leader": pid}))
+    port = free_port()  # not --base-port: a cluster may be listening there
+    with noop_server(port) as pid:
+        loop, cpu = run(closed_loop("127.0.0.1", port, args, args.concurrency, {"leader": pid}))
     window = loop.window_end - loop.window_start
     ok = len(loop.latencies_ms)
     return {
@@ -448,7 +469,7 @@ def measure_delays(args: argparse.Namespace, quorum: int, workdir: str) -> tuple
         status = leader_status(cluster, quorum, delays)
         if status.get("delay_seed") != args.seed:
             raise RuntimeError(f"leader runs with DELAY_SEED={status.get('delay_seed')}, wanted {args.seed}")
-        writes = run(seeded_writes(*leader_address(cluster), args, quorum, follower_names(status)))
+        writes = run(seeded_writes(*leader_address(cluster, args), args, quorum, follower_names(status)))
     row = delays_row(quorum, writes)
     progress(f"k={quorum}: {row['writes_ok']} writes ok, {row['errors']} errors")
     return row, writes
