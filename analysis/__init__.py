@@ -11,3 +11,15 @@ The results land in ``analysis/results/`` (CSV, JSON, PNG figures and REPORT.md)
 
 FOLLOWER_COUNT = 5
 NODE_NAMES = ("leader",) + tuple(f"follower{i}" for i in range(1, FOLLOWER_COUNT + 1))
+
+
+def check_workload(parser, args, positive: tuple[str, ...]) -> None:
+    """Refuse quorums, delays and counts the nodes or the workload would refuse anyway, before
+    any cluster is started for nothing (shared by the study and the benchmark)."""
+    if not all(1 <= k <= FOLLOWER_COUNT for k in args.quorums):
+        parser.error(f"--quorums must lie in 1..{FOLLOWER_COUNT}")
+    if not 0 <= args.min_delay <= args.max_delay:
+        parser.error("need 0 <= --min-delay <= --max-delay")
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")

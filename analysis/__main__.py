@@ -20,7 +20,7 @@ import pandas as pd
 from tornado.httpclient import AsyncHTTPClient
 from tqdm import tqdm
 
-from analysis import FOLLOWER_COUNT, NODE_NAMES
+from analysis import FOLLOWER_COUNT, NODE_NAMES, check_workload
 from analysis import consistency as cons
 from analysis.cluster import (
     Cluster,
@@ -30,6 +30,7 @@ from analysis.cluster import (
     get_json,
     make_client,
     make_endpoints,
+    run_cli,
 )
 from analysis.report import write_outputs
 from analysis.workload import follower_names, plan_writes, reset_store, run_writes
@@ -72,13 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse settings the nodes would refuse too, before anything is started."""
-    if not all(1 <= k <= FOLLOWER_COUNT for k in args.quorums):
-        parser.error(f"--quorums must lie in 1..{FOLLOWER_COUNT}")
-    if not 0 <= args.min_delay <= args.max_delay:
-        parser.error("need 0 <= --min-delay <= --max-delay")
-    for name in ("writes", "concurrency", "keys"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+    check_workload(parser, args, ("writes", "concurrency", "keys"))
     if args.local and args.base_url != "http://127.0.0.1":
         parser.error("--local nodes listen on 127.0.0.1; leave --base-url alone")
 
@@ -224,17 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
 
 def cli() -> None:
-    """Entry point: a failure ends with one line that names the cause, not a traceback."""
-    from node.compose import ComposeError
-
-    try:
-        main()
-    except ComposeError as exc:
-        sys.exit(f"error: {exc}\nIs the cluster built and up? Run `make up` first, or use --local.")
-    except (RuntimeError, OSError) as exc:
-        sys.exit(f"error: {exc}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    run_cli(main, "use --local")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from analysis import FOLLOWER_COUNT, NODE_NAMES
-from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints
+from analysis import FOLLOWER_COUNT, NODE_NAMES, check_workload
+from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints, run_cli
 from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_writes
 from node.httpclient import PeerConnection, PeerError
 
@@ -89,13 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse settings the nodes would refuse too, before a cluster is started for nothing."""
-    if not all(1 <= k <= FOLLOWER_COUNT for k in args.quorums):
-        parser.error(f"--quorums must lie in 1..{FOLLOWER_COUNT}")
-    if not 0 <= args.min_delay <= args.max_delay:
-        parser.error("need 0 <= --min-delay <= --max-delay")
-    for name in ("concurrency", "keys", "writes", "max_writes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    check_workload(parser, args, ("concurrency", "keys", "writes", "max_writes"))
     if args.duration <= 0 or args.warmup < 0 or args.timeout <= 0:
         parser.error("need --duration > 0, --warmup >= 0 and --timeout > 0")
     if not args.compose and args.base_url != "http://127.0.0.1":
@@ -580,17 +574,7 @@ def report(args: argparse.Namespace, rows: list[dict], writes: list[dict]) -> di
 
 
 def cli() -> None:
-    """Entry point: a failure ends with one line that names the cause, not a traceback."""
-    from node.compose import ComposeError
-
-    try:
-        main()
-    except ComposeError as exc:
-        sys.exit(f"error: {exc}\nIs the cluster built and up? Run `make up` first, or drop --compose.")
-    except (RuntimeError, OSError) as exc:
-        sys.exit(f"error: {exc}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    run_cli(main, "drop --compose")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -191,3 +193,20 @@ class ComposeCluster:
 
     def close(self) -> None:
         """The compose cluster stays up (with the last quorum) for whoever started it."""
+
+
+def run_cli(main: Callable[[], object], without_compose: str) -> None:
+    """Run a tool's ``main``: a failure ends with one line that names the cause, not a traceback.
+
+    ``without_compose`` tells how to run the tool without Docker (e.g. "use --local").
+    """
+    from node.compose import ComposeError
+
+    try:
+        main()
+    except ComposeError as exc:
+        sys.exit(f"error: {exc}\nIs the cluster built and up? Run `make up` first, or {without_compose}.")
+    except (RuntimeError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
