@@ -53,6 +53,11 @@ def make_app(node) -> Application:
     )
 
 
+def make_server_delegate(node) -> NodeServer:
+    """What the HTTP server serves: the lean write and replicate paths in front of the Application."""
+    return NodeServer(make_app(node), node)
+
+
 def open_node(config: Config):
     """Open the node's log, replay it and build the role's object (raises on a damaged log)."""
     log_file, entries = LogFile.open(config.data_dir, config.fsync)
@@ -70,7 +75,7 @@ async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     # Headroom above MAX_BODY_BYTES so an oversized body reaches the handler and gets a JSON 413.
     # /replicate takes up to REPLICATE_BODY_FACTOR times as much.
     limit = max((REPLICATE_BODY_FACTOR + 1) * config.max_body_bytes, 64 << 20)
-    server = HTTPServer(NodeServer(make_app(node), node), max_body_size=limit)
+    server = HTTPServer(make_server_delegate(node), max_body_size=limit)
     if sockets is not None:
         server.add_sockets(sockets)
     else:

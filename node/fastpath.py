@@ -32,7 +32,7 @@ from node.follower import EntryConflict, ShuttingDown
 from node.leader import WriteTimeout
 from node.limits import MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
 from node.replication import SECRET_HEADER
-from node.validation import ApiError, parse_json
+from node.validation import ApiError, BoundedBody, body_too_large_message
 
 log = logging.getLogger(__name__)
 
@@ -90,45 +90,31 @@ class _Dispatch(HTTPMessageDelegate):
 class JsonRequest(HTTPMessageDelegate):
     """Collects a bounded JSON body, calls :meth:`handle`, writes a JSON answer."""
 
+    max_depth = MAX_JSON_DEPTH
+
     def __init__(self, node, request_conn, start_line: RequestStartLine) -> None:
         self.node = node
         self.conn = request_conn
         self.start_line = start_line
         self.started = time.monotonic()
         self.headers: HTTPHeaders | None = None
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.too_large = False
+        self.body: BoundedBody | None = None
         self.gone = False
-
-    max_depth = MAX_JSON_DEPTH
 
     def body_limit(self) -> int:
         return self.node.config.max_body_bytes
 
     def headers_received(self, start_line, headers: HTTPHeaders) -> None:
         self.headers = headers
-        declared = headers.get("Content-Length", "")
-        # isascii: "²".isdigit() is true but int("²") fails (Tornado answers 400 for it itself).
-        if declared.isascii() and declared.isdigit() and int(declared) > self.body_limit():
-            self.too_large = True
+        limit = self.body_limit()
+        self.body = BoundedBody(limit, headers.get("Content-Length", ""),
+                                body_too_large_message(limit, self.node.config.max_body_bytes))
 
     def data_received(self, chunk: bytes) -> None:
-        if self.too_large:
-            return
-        self.size += len(chunk)
-        if self.size > self.body_limit():
-            self.too_large, self.chunks = True, []
-        else:
-            self.chunks.append(chunk)
+        self.body.add(chunk)
 
     def json_body(self) -> Any:
-        if self.too_large:
-            raise ApiError(413, self.too_large_message())
-        return parse_json(b"".join(self.chunks), self.max_depth)
-
-    def too_large_message(self) -> str:
-        return f"request body exceeds MAX_BODY_BYTES={self.body_limit()} bytes"
+        return self.body.json(self.max_depth)
 
     def finish(self) -> None:
         try:
@@ -197,9 +183,6 @@ class ReplicateRequest(JsonRequest):
 
     def body_limit(self) -> int:
         return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096
-
-    def too_large_message(self) -> str:
-        return f"request body exceeds {self.body_limit()} bytes"
 
     def handle(self) -> None:
         handlers.check_secret(self.node, self.headers.get(SECRET_HEADER, ""))

@@ -15,12 +15,11 @@ from typing import Any
 
 from tornado.web import RequestHandler, stream_request_body
 
-from node.follower import EntryConflict, ShuttingDown
 from node.leader import WriteTimeout
-from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH, REPLICATE_BODY_FACTOR, REPLICATE_JSON_DEPTH
+from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH
 from node.log import Entry, EntryError
 from node.replication import SECRET_HEADER
-from node.validation import ApiError, json_type, parse_json, validate_key
+from node.validation import ApiError, BoundedBody, body_too_large_message, json_type, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +40,15 @@ class BaseHandler(RequestHandler):
         return self.node.config.max_body_bytes
 
     def prepare(self) -> None:
-        self._body = bytearray()
-        self._body_too_large = False
-        declared = self.request.headers.get("Content-Length", "")
-        # isascii: "²".isdigit() is true but int("²") fails; Tornado answers 400 for it later.
-        if declared.isascii() and declared.isdigit() and int(declared) > self.body_limit():
-            self._body_too_large = True
+        limit = self.body_limit()
+        self._body = BoundedBody(limit, self.request.headers.get("Content-Length", ""),
+                                 body_too_large_message(limit, self.node.config.max_body_bytes))
 
     def data_received(self, chunk: bytes) -> None:
-        if self._body_too_large:
-            return
-        self._body.extend(chunk)
-        if len(self._body) > self.body_limit():
-            self._body_too_large = True
-            self._body = bytearray()
+        self._body.add(chunk)
 
     def json_body(self) -> Any:
-        if self._body_too_large:
-            if self.body_limit() == self.node.config.max_body_bytes:
-                raise ApiError(413, f"request body exceeds MAX_BODY_BYTES={self.body_limit()} bytes")
-            raise ApiError(413, f"request body exceeds {self.body_limit()} bytes")
-        return parse_json(bytes(self._body), self.max_depth)
+        return self._body.json(self.max_depth)
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -221,27 +208,12 @@ class ClearHandler(MutationHandler):
 
 
 class ReplicateHandler(BaseHandler):
-    """Internal: the leader pushes entries, one (an Entry) or several (``{"entries": [...]}``);
-    answered once all of them are durable here."""
-
-    max_depth = REPLICATE_JSON_DEPTH
-
-    def body_limit(self) -> int:
-        return REPLICATE_BODY_FACTOR * self.node.config.max_body_bytes + 4096
+    """Internal POST /replicate where node.fastpath does not serve it: on the leader, which
+    refuses. A follower's /replicate is always served by fastpath.ReplicateRequest."""
 
     async def post(self) -> None:
         self.check_secret()
-        if self.node.role != "follower":
-            raise ApiError(403, "only followers accept /replicate")
-        entries, single = parse_entries(self.json_body())
-        try:
-            await self.node.receive_batch(entries)
-        except EntryConflict as exc:
-            log.error("%s", exc)
-            raise ApiError(409, str(exc)) from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc)) from None
-        self.send_json(replicate_answer(self.node, entries, single))
+        raise ApiError(403, "only followers accept /replicate")
 
 
 def replicate_answer(node, entries: list[Entry], single: bool) -> dict:

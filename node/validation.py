@@ -86,3 +86,39 @@ def validate_key(key: Any) -> str:
     if size > MAX_KEY_BYTES:
         raise ApiError(400, f"'key' is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes (UTF-8)")
     return key
+
+
+class BoundedBody:
+    """A request body collected up to ``limit`` bytes. Past the limit the bytes are dropped and
+    only the fact is kept, so an oversized body costs no memory and gets a clean 413 once read.
+    Shared by the Tornado handlers and the lean delegates (node.fastpath).
+    """
+
+    __slots__ = ("limit", "message", "chunks", "size", "too_large")
+
+    def __init__(self, limit: int, declared_length: str, too_large_message: str) -> None:
+        self.limit, self.message = limit, too_large_message
+        self.chunks: list[bytes] = []
+        self.size = 0
+        # isascii: "²".isdigit() is true but int("²") fails (Tornado answers 400 for it itself).
+        self.too_large = declared_length.isascii() and declared_length.isdigit() and int(declared_length) > limit
+
+    def add(self, chunk: bytes) -> None:
+        if self.too_large:
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.too_large, self.chunks = True, []
+        else:
+            self.chunks.append(chunk)
+
+    def json(self, max_depth: int) -> Any:
+        if self.too_large:
+            raise ApiError(413, self.message)
+        return parse_json(b"".join(self.chunks), max_depth)
+
+
+def body_too_large_message(limit: int, max_body_bytes: int) -> str:
+    if limit == max_body_bytes:
+        return f"request body exceeds MAX_BODY_BYTES={limit} bytes"
+    return f"request body exceeds {limit} bytes"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from node.app import make_app, open_node
+from node.app import make_server_delegate, open_node
 from node.config import load_config
 
 
@@ -19,7 +19,7 @@ def node(tmp_path):
 
 @pytest.fixture
 def app(node):
-    return make_app(node)
+    return make_server_delegate(node)  # what nodes serve: lean paths in front of the Application
 
 
 async def call(http_client, base_url, method, path, body=None, headers=None):
