@@ -179,7 +179,8 @@ async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path
     log, _ = LogFile.open(str(tmp_path), "batch")
     log.append(entry(1))
     first = log.sync_future()
-    await asyncio.sleep(0)  # the first fsync starts
+    while log._round_covers is None:  # until the first fsync has started
+        await asyncio.sleep(0)
     log.append(entry(2))
     second = log.sync_future()
     assert second is not first
