@@ -131,17 +131,25 @@ class PeerConnection:
              callback: Callback) -> None:
         """Send one request; ``callback(status, body, None)`` gets the answer, or
         ``callback(0, b"", PeerError)`` if none came within ``timeout`` seconds."""
-        if self.busy:
-            raise RuntimeError(f"{self.peer}: one request at a time per connection")
+        self.send_prepared(self.request_head(method, path, headers), body, timeout, callback)
+
+    def request_head(self, method: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+        """The request line and headers but Content-Length: a sender that repeats the same
+        request (the replication channel) makes this once."""
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header]
-        if body is not None:
-            head.append(f"Content-Length: {len(body)}\r\n".encode())
         for name, value in (headers or {}).items():
             head.append(f"{name}: {value}\r\n".encode())
-        head.append(b"\r\n")
-        message = b"".join(head) + (body or b"")
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, self._time_out, f"{method} {path}", timeout)
+        return b"".join(head)
+
+    def send_prepared(self, head: bytes, body: bytes | None, timeout: float, callback: Callback) -> None:
+        """:meth:`send` with a head from :meth:`request_head`."""
+        if self.busy:
+            raise RuntimeError(f"{self.peer}: one request at a time per connection")
+        if body is None:
+            message = head + b"\r\n"
+        else:
+            message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        timer = asyncio.get_running_loop().call_later(timeout, self._time_out, head, timeout)
         callback = self._with_timer(callback, timer)
         reader = self._reader
         if reader is not None and not reader.closed:
@@ -177,7 +185,8 @@ class PeerConnection:
         reader.callback = callback
         reader.transport.write(message)
 
-    def _time_out(self, what: str, timeout: float) -> None:
+    def _time_out(self, head: bytes, timeout: float) -> None:
+        what = head.split(b" HTTP/", 1)[0].decode(errors="replace")
         error = PeerTimeout(f"{self.peer}: no answer to {what} within {timeout:g} s")
         if self._reader is not None and self._reader.callback is not None:
             self._reader.fail(error)

@@ -110,8 +110,9 @@ class FollowerChannel:
         self.progress = progress
         self.on_confirm = on_confirm
         self.max_batch_bytes = max_batch_bytes
-        self.headers = {"Content-Type": "application/json", SECRET_HEADER: secret}
         self.connection = PeerConnection.to(progress.address, timeout=SEND_TIMEOUT_S)
+        self.head = self.connection.request_head(
+            "POST", "/replicate", {"Content-Type": "application/json", SECRET_HEADER: secret})
         self.due: deque[Due] = deque()
         self.delayed = 0  # entries still in their delay
         self.out: list[Due] = []  # the batch of the request now out
@@ -151,7 +152,7 @@ class FollowerChannel:
             return
         self.out = batch = self._take_batch()
         body = b'{"entries":[' + b",".join(d.body for d in batch) + b"]}"
-        self.connection.send("POST", "/replicate", body, self.headers, SEND_TIMEOUT_S, self._answered)
+        self.connection.send_prepared(self.head, body, SEND_TIMEOUT_S, self._answered)
 
     def _answered(self, status: int, body: bytes, error: PeerError | None) -> None:
         batch, self.out = self.out, []
