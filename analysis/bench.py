@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--max-writes", type=int, default=200000, help="cap on writes sent per loop (default: %(default)s)")
     t.add_argument("--single", action="store_true", help="also run one client alone at the highest quorum")
     t.add_argument("--no-baseline", action="store_true",
-                   help="skip the no-op Tornado server measured first (the machine's ceiling in this run)")
+                   help="skip the no-op server measured first (the machine's ceiling in this run)")
     d = p.add_argument_group("delays mode")
     d.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
     d.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY, ms (default: %(default)s)")
@@ -385,7 +385,7 @@ def free_port() -> int:
 
 
 def measure_baseline(args: argparse.Namespace) -> dict:
-    """The same closed loop against one Tornado process that does nothing: this machine's ceiling now."""
+    """The same closed loop against one process that does nothing (same HTTP server as a node): this machine's ceiling now."""
     port = free_port()  # not --base-port: a cluster may be listening there
     with noop_server(port) as pid:
         loop, cpu = run(closed_loop("127.0.0.1", port, args, args.concurrency, {"leader": pid}))
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     writes: list[dict] = []
     try:
         if args.mode == "throughput" and not args.no_baseline:
-            progress("baseline: a no-op Tornado server, same client")
+            progress("baseline: a no-op server, same client")
             args.baseline = measure_baseline(args)
         for quorum in args.quorums:
             progress(f"k={quorum}: starting")
@@ -559,7 +559,7 @@ def report(args: argparse.Namespace, rows: list[dict], writes: list[dict]) -> di
         paths = {"throughput": write_csv(os.path.join(args.output, "throughput.csv"), rows)}
         baseline = getattr(args, "baseline", None)
         if baseline:
-            print(f"baseline, a no-op Tornado server with the same {baseline['concurrency']} clients: "
+            print(f"baseline, a no-op server with the same {baseline['concurrency']} clients: "
                   f"{baseline['requests_per_s']:.0f} requests/s, p50 {baseline['latency_p50_ms']:.2f} ms, "
                   f"{baseline['server_cpu_us_per_request']:.0f} µs server CPU per request")
             for row in main_rows:

@@ -1,11 +1,11 @@
-"""The machine's ceiling for the benchmark: one Tornado process that answers every request at once.
+"""The machine's ceiling for the benchmark: one process that answers every request at once.
 
     python -m analysis.noop_server PORT
 
-Same HTTP server, same event loop and same keep-alive client as a real node, but no log, no
-replication and no state: the answer to ``POST /write`` is a fixed JSON body of a real
+Same HTTP server (``node.httpserver``), event loop and keep-alive client as a real node, but
+no log, no replication and no state: the answer to ``POST /write`` is a fixed JSON body of a real
 answer's size. ``analysis.bench`` measures it in the same run as the cluster, so the cluster's
-throughput can be read as a fraction of what one Tornado process can serve on this machine
+throughput can be read as a fraction of what one such process can serve on this machine
 at that moment, a ratio that noisy, shared machines cannot blur.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate, ResponseStartLine
 
 from node.app import event_loop_runner
+from node.httpserver import HTTPServer
 
 ANSWER = (b'{"success":true,"op":"set","key":"bench-1","value":1,"seq":1,"confirmations":5,"quorum":5,'
           b'"message":"Replicated to 5/5 followers (quorum: 5)","debug":{"replication_delays_ms":'
@@ -40,7 +40,7 @@ class NoopServer(HTTPServerConnectionDelegate):
 
 
 async def serve(port: int) -> None:
-    HTTPServer(NoopServer()).listen(port, "127.0.0.1")
+    await HTTPServer(NoopServer()).listen(port, "127.0.0.1")
     await asyncio.Event().wait()
 
 

@@ -1,4 +1,4 @@
-"""Start-up: configuration, log replay, routes, HTTP server, clean shutdown.
+"""Start-up: configuration, log replay, routes, HTTP server (node.httpserver), clean shutdown.
 
     python -m node            # reads ROLE, NODE_ID, PORT, ... from the environment
 """
@@ -10,13 +10,13 @@ import logging
 import signal
 import sys
 
-from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from node import handlers as h
 from node.config import Config, ConfigError, load_config
 from node.fastpath import NodeServer
 from node.follower import Follower
+from node.httpserver import HTTPServer
 from node.leader import Leader, LeaderLogError
 from node.limits import REPLICATE_BODY_FACTOR
 from node.log import LogCorruptError, LogFile
@@ -77,9 +77,9 @@ async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     limit = max((REPLICATE_BODY_FACTOR + 1) * config.max_body_bytes, 64 << 20)
     server = HTTPServer(make_server_delegate(node), max_body_size=limit)
     if sockets is not None:
-        server.add_sockets(sockets)
+        await server.add_sockets(sockets)
     else:
-        server.listen(config.port, config.host)
+        await server.listen(config.port, config.host)
     node.start()
     return node, server
 
