@@ -100,8 +100,8 @@ class HTTPServer:
         """Close every open connection and wait until each is gone."""
         while self.connections:
             connection = next(iter(self.connections))
-            connection.close()
-            await connection.closed
+            connection.abort()  # at once, as Tornado does: a client that stops reading cannot hold it
+            await asyncio.shield(connection.closed)
 
 
 class Exchange(HTTPConnection):
@@ -129,6 +129,9 @@ class Exchange(HTTPConnection):
         self.chunked_output = False
         self.expected_remaining: int | None = None
         self.close_callback: Callable[[], None] | None = None
+        self.max_body_size = connection.server.max_body_size
+        self.body_bytes = 0
+        self.raw_body = 0  # body bytes llhttp skips (see ServerConnection.on_headers_complete)
         self.canned: bytes | None = None  # a server-made answer (malformed request), no delegate
 
     # --- HTTPConnection -----------------------------------------------------------------------
@@ -187,7 +190,8 @@ class Exchange(HTTPConnection):
         """Accepted for compatibility: bodies have no separate timeout here."""
 
     def set_max_body_size(self, max_body_size: int) -> None:
-        self.connection.max_body_size = max_body_size
+        """For this request only, as in Tornado."""
+        self.max_body_size = max_body_size
 
     def detach(self):
         raise NotImplementedError("this server does not hand its connections over (no WebSocket)")
@@ -208,7 +212,6 @@ class ServerConnection(asyncio.Protocol):
 
     def __init__(self, server: HTTPServer) -> None:
         self.server = server
-        self.max_body_size = server.max_body_size
         self.transport: asyncio.Transport | None = None
         self.context = RequestContext(None)
         self.parser = httptools.HttpRequestParser(self)
@@ -218,7 +221,9 @@ class ServerConnection(asyncio.Protocol):
         self._url = bytearray()
         self._header_list: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
-        self._body_bytes = 0
+        self._head_seen = 0  # bytes received since the current request head began, until it ends
+        self._in_head = True
+        self._raw: Exchange | None = None  # an upgrade request whose body llhttp left to us
         self._paused = False
         self._drain_waiters: list[asyncio.Future] = []
         self._writing_paused = False
@@ -237,7 +242,12 @@ class ServerConnection(asyncio.Protocol):
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_idle_timer()
+        if self._raw is not None:
+            data = self._take_raw_body(data)
+            if not data:
+                return
+        if self._in_head:
+            self._head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -259,6 +269,11 @@ class ServerConnection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 with contextlib.suppress(_Rejected):
                     self._reject(400, f"malformed HTTP request: {exc}")
+            return
+        # llhttp reports a header line only once it ends: a line that never ends is caught here.
+        if self._in_head and self._head_seen > MAX_HEADER_BYTES and not self._refused:
+            with contextlib.suppress(_Rejected):
+                self._reject(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_idle_timer()
@@ -292,7 +307,6 @@ class ServerConnection(asyncio.Protocol):
         self._url.clear()
         self._header_list = []
         self._header_bytes = 0
-        self._body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -313,27 +327,61 @@ class ServerConnection(asyncio.Protocol):
             headers.add(name.decode("latin1"), value.decode("latin1"))
         start_line = RequestStartLine(parser.get_method().decode("latin1"), self._url.decode("latin1"),
                                       f"HTTP/{version}")
-        declared = headers.get("Content-Length")
-        if declared is not None and int(declared) > self.max_body_size:
-            self._reject(413, f"request body of {declared} bytes exceeds this server's limit of "
-                              f"{self.max_body_size} bytes")
+        self._in_head, self._head_seen = False, 0
+        self._cancel_idle_timer()
         exchange = Exchange(self, start_line, headers, parser.should_keep_alive())
+        declared = int(headers.get("Content-Length", "0"))
+        if parser.should_upgrade():
+            # llhttp stops at the head of an upgrade request and leaves its body to the caller.
+            # Upgrades are not offered: the request is served as plain HTTP, body included.
+            if "Transfer-Encoding" in headers:
+                self._reject(400, "a request asking for a protocol upgrade cannot have a chunked body here; "
+                                  "send it without the Upgrade header")
+            exchange.raw_body = declared
         self.reading = exchange
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
-            self._dispatch(exchange)
+            self._dispatch(exchange)  # may raise this request's body limit (set_max_body_size)
+        if declared > exchange.max_body_size:
+            self._reject(413, f"request body of {declared} bytes exceeds this server's limit of "
+                              f"{exchange.max_body_size} bytes")
         self._update_reading()  # a later request waits its turn: answers go out in order
 
     def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        if self._body_bytes > self.max_body_size:
-            self._reject(413, f"request body exceeds this server's limit of {self.max_body_size} bytes")
-        self._deliver(self.reading, body)
+        self._stop_if_closing()
+        exchange = self.reading
+        exchange.body_bytes += len(body)
+        if exchange.body_bytes > exchange.max_body_size:
+            self._reject(413, f"request body exceeds this server's limit of {exchange.max_body_size} bytes")
+        self._deliver(exchange, body)
 
     def on_message_complete(self) -> None:
+        self._stop_if_closing()
+        if self.reading.raw_body:
+            self._raw = self.reading  # its body follows; data_received hands it over
+            return
+        self._request_read()
+
+    def _request_read(self) -> None:
         exchange, self.reading = self.reading, None
         exchange.read_finished = True
+        self._in_head, self._head_seen = True, 0
         self._deliver(exchange, None)
+
+    def _take_raw_body(self, data: bytes) -> bytes:
+        """Give an upgrade request the body llhttp skipped; return what follows it."""
+        exchange = self._raw
+        chunk, rest = data[:exchange.raw_body], data[exchange.raw_body:]
+        exchange.raw_body -= len(chunk)
+        try:
+            if chunk:
+                self.on_body(chunk)
+            if not exchange.raw_body:
+                self._raw = None
+                self._request_read()
+        except _Rejected:
+            return b""
+        return rest
 
     # --- requests and answers -----------------------------------------------------------------
 
@@ -373,7 +421,8 @@ class ServerConnection(asyncio.Protocol):
         if not self._call(exchange, exchange.delegate.headers_received, exchange.start_line, exchange.headers):
             return
         if exchange.headers.get("Expect") == "100-continue" and not exchange.read_finished \
-                and not exchange.write_started:
+                and not exchange.write_started \
+                and int(exchange.headers.get("Content-Length", "0")) <= exchange.max_body_size:
             self.send(b"HTTP/1.1 100 (Continue)\r\n\r\n")
         self._pump(exchange)
 
@@ -469,8 +518,14 @@ class ServerConnection(asyncio.Protocol):
         return waiter
 
     def close(self) -> None:
+        """Close once what is written has gone out."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still unsent."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _reject(self, status: int, message: str) -> None:
         """Refuse the request being parsed (malformed, too large) and stop the parser."""
