@@ -167,7 +167,7 @@ def skew_text(stats: pd.DataFrame) -> str:
             "MIN; waiting for the slowest bunches them near MAX.")
 
 
-def section_overhead(stats: pd.DataFrame, meta: dict, figures: dict) -> str:
+def section_overhead(stats: pd.DataFrame, meta: dict, figures: dict, writes: pd.DataFrame | None = None) -> str:
     table = md_table(stats, [
         ("quorum", "k", str), ("overhead_min_ms", "min", ms), ("overhead_median_ms", "median", ms),
         ("overhead_mean_ms", "mean", ms), ("overhead_p95_ms", "p95", ms), ("overhead_max_ms", "max", ms),
@@ -185,6 +185,7 @@ def section_overhead(stats: pd.DataFrame, meta: dict, figures: dict) -> str:
                            f"confirmations were handled in the same turn of the leader's loop before the "
                            f"waiting write resumed." if above else
                            " Every write was answered with exactly k confirmations.")
+    notes = first_burst_text(writes, meta) + container_note(meta) + extra_confirmations
     rising = ("" if direction != "rises" else
               " It grows with k because the k-th confirmation is the slowest of k (delay + round trip) "
               "sums: the more confirmations a write waits for, the more chances that one slow round trip "
@@ -210,8 +211,31 @@ answer back and the quorum bookkeeping. All of it runs on single-threaded Python
 are shared: with {meta['concurrency']} writes in flight the leader juggles up to
 {meta['concurrency'] * meta['followers']} sends at once, so a callback may wait for others to finish. The
 tail (p95 up to {ms(stats['overhead_p95_ms'].max())}, max {ms(stats['overhead_max_ms'].max())}) comes from
-moments when several requests, timers and fsyncs compete for the same loops and cores.{container_note(meta)}{extra_confirmations}
+moments when several requests, timers and fsyncs compete for the same loops and cores.{notes}
 """
+
+
+def first_burst_text(writes: pd.DataFrame | None, meta: dict) -> str:
+    """Each quorum opens with all its clients writing at once, right after the leader restarted:
+    say how much of the tail those first writes carry, when they stand out."""
+    if writes is None or writes.empty or "write" not in writes:
+        return ""
+    ok = writes[writes["success"].astype(bool)]
+    burst = ok[ok["write"] < meta["concurrency"]]["overhead_ms"]
+    rest = ok[ok["write"] >= meta["concurrency"]]["overhead_ms"]
+    if burst.empty or rest.empty:
+        return ""
+    first, later = burst.median(), rest.median()
+    if first < 1.5 * later or first - later < 2.0:
+        return (f" The first {meta['concurrency']} writes of each quorum, sent all at once right after the "
+                f"leader's restart, do not stand out (median overhead {ms(first)} against {ms(later)} for "
+                f"the rest).")
+    return (f" The first {meta['concurrency']} writes of each quorum, sent all at once right after the "
+            f"leader's restart, carry much of the tail: median overhead {ms(first)} against {ms(later)} "
+            f"for the rest (p95 of the rest: {ms(rest.quantile(0.95))}). They arrive together, each on a "
+            f"new client connection, at a leader whose process has just started; the writes after them "
+            f"find it warm.")
+
 
 
 def cpu_note(meta: dict) -> str:
@@ -224,10 +248,10 @@ def container_note(meta: dict) -> str:
     """Containers add costs of their own to every request; say so when the run used them."""
     if not str(meta.get("cluster", "")).startswith("Docker Compose"):
         return ""
-    return (" The nodes ran in containers: the client's requests pass Docker's port publishing, and "
-            "every send from the leader crosses the bridge network on a fresh TCP connection (the "
-            "follower's service name is resolved through Docker's DNS at most every 2 s), which makes "
-            "each hop dearer than between local processes.")
+    return (" The nodes ran in containers: the client's requests pass Docker's port publishing (a "
+            "userland proxy), and every send from the leader crosses the bridge network (on one "
+            "keep-alive connection per follower), which makes each hop dearer than between local "
+            "processes.")
 
 
 def load_text(stats: pd.DataFrame, meta: dict) -> str:
@@ -422,7 +446,7 @@ def render(writes: pd.DataFrame, consistency: pd.DataFrame, quorum_info: list[di
         section_setup(meta),
         section_latency(stats, meta, figures),
         section_distribution(stats, figures),
-        section_overhead(stats, meta, figures),
+        section_overhead(stats, meta, figures, writes),
         section_consistency(cstats, stats, meta, figures),
         section_breaking(cstats, stats, quorum_info),
     ])

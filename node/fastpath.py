@@ -3,8 +3,8 @@
 ``POST /write`` on the leader and ``POST /replicate`` on a follower are the whole replication
 path: at a few thousand writes per second, the general-purpose ``RequestHandler`` machinery
 (per-request object set-up, default headers, flush/finish bookkeeping) costs more than the
-work itself. :class:`NodeServer` sits between Tornado's ``HTTPServer`` and the
-``Application``: it answers these two with lean message delegates and passes every other
+work itself. :class:`NodeServer` sits between the HTTP server (``node.httpserver``) and
+the ``Application``: it answers these two with lean message delegates and passes every other
 request, untouched, to the Application. Both paths share the same parsing, validation,
 limits and error bodies (``node.handlers``), so a client cannot tell them apart.
 """

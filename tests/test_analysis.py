@@ -276,6 +276,8 @@ def test_report_numbers_come_from_the_data(tmp_path):
     assert "overhead added +15.0 ms" in text  # k=1: mean of 10, 15, 10, 25
     assert re.search(r"its answer — k = 1: 16\.", text)  # sends outstanding at the answers: 4 x (5 - 1)
     assert "Measuring took 12.5 s" in text
+    # Writes 0-1 of each quorum (10, 15 and 20, 10 ms) against writes 2-3 (10, 25 and 15, 10 ms).
+    assert "do not stand out (median overhead 12.5 ms against 12.5 ms for the rest)" in text
     assert "In 5 of 5 follower snapshots" in text
     for name in ("latency_vs_quorum.png", "latency_distribution.png", "overhead.png", "consistency.png"):
         assert f"({name})" in text and (tmp_path / name).stat().st_size > 0
@@ -287,6 +289,13 @@ def test_report_numbers_come_from_the_data(tmp_path):
     assert by_q[5]["theory_ms"] == pytest.approx(5000 / 6)
     assert by_q[1]["identical"] == 3 and by_q[5]["identical"] == 5
     assert pd.read_csv(paths["writes"]).shape[0] == 8
+
+
+def test_report_says_when_the_first_writes_carry_the_tail():
+    writes = synthetic_writes()
+    writes.loc[writes["write"] < 2, "overhead_ms"] = [40.0, 44.0, 42.0, 46.0]
+    text = report.first_burst_text(writes, {"concurrency": 2})
+    assert "carry much of the tail: median overhead 43.0 ms against 12.5 ms for the rest" in text
 
 
 # --- end to end on the local cluster ----------------------------------------------------------
