@@ -41,6 +41,7 @@ from tornado.httputil import (
     RequestStartLine,
     ResponseStartLine,
 )
+from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
 from node import codec
@@ -172,7 +173,7 @@ class Exchange(HTTPConnection):
         return self.connection.send(self._frame(chunk))
 
     def finish(self) -> None:
-        if self.expected_remaining:
+        if self.expected_remaining and not self.connection.is_closing():
             self.connection.close()
             raise HTTPOutputError(f"Tried to write {self.expected_remaining} bytes less than Content-Length")
         if self.chunked_output:
@@ -217,7 +218,8 @@ class ServerConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.exchanges: deque[Exchange] = deque()  # [0] is being answered; the rest wait
         self.reading: Exchange | None = None  # the request whose bytes are being parsed
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future = self._loop.create_future()
         self._url = bytearray()
         self._header_list: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -495,7 +497,7 @@ class ServerConnection(asyncio.Protocol):
         if self.exchanges:
             # Next loop step, not here: a burst of pipelined requests answered at once would
             # otherwise nest one call per request.
-            asyncio.get_running_loop().call_soon(self._dispatch_next)
+            self._loop.call_soon(self._dispatch_next)
         else:
             self._update_reading()
             if self.reading is None:
@@ -503,11 +505,10 @@ class ServerConnection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future:
         """Write to the client; the Future is done once the transport's buffer has room again."""
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter = self._loop.create_future()
         transport = self.transport
         if transport is None or transport.is_closing():
-            waiter.set_exception(_closed_error())
+            waiter.set_exception(StreamClosedError())
             waiter.exception()  # retrieved: a write to a gone client is not an error to report
             return waiter
         transport.write(data)
@@ -521,6 +522,9 @@ class ServerConnection(asyncio.Protocol):
         """Close once what is written has gone out."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def abort(self) -> None:
         """Close now, dropping whatever is still unsent."""
@@ -598,7 +602,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _arm_idle_timer(self) -> None:
         if self.server.idle_timeout and self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(self.server.idle_timeout, self.close)
+            self._idle_timer = self._loop.call_later(self.server.idle_timeout, self.close)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
@@ -609,10 +613,6 @@ class ServerConnection(asyncio.Protocol):
 class _Rejected(Exception):
     """Raised through the parser once a request has been refused: stops parsing the rest."""
 
-
-def _closed_error() -> Exception:
-    from tornado.iostream import StreamClosedError
-    return StreamClosedError()
 
 
 _REASONS = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
