@@ -325,8 +325,12 @@ class ServerConnection(asyncio.Protocol):
         if not version.startswith("1."):
             self._reject(505, f"HTTP/{version} is not supported; use HTTP/1.1")
         headers = HTTPHeaders()
-        for name, value in self._header_list:
-            headers.add(name.decode("latin1"), value.decode("latin1"))
+        try:
+            for name, value in self._header_list:
+                # A field value excludes the whitespace around it (RFC 9110 5.5), as in Tornado's parser.
+                headers.add(name.decode("latin1"), value.decode("latin1").strip(" \t"))
+        except HTTPInputError as exc:  # Tornado refuses the field (say, a control character in it)
+            self._reject(400, f"malformed HTTP request: {exc}")
         start_line = RequestStartLine(parser.get_method().decode("latin1"), self._url.decode("latin1"),
                                       f"HTTP/{version}")
         self._in_head, self._head_seen = False, 0

@@ -117,6 +117,11 @@ class SmallLimit(Base):
         self.write("small")
 
 
+class Header(Base):
+    def get(self) -> None:
+        self.write({"value": self.request.headers.get("X-Spaced")})
+
+
 class Peer(Base):
     def get(self) -> None:
         self.write({"remote_ip": self.request.remote_ip, "address": list(self.request.connection.context.address)})
@@ -197,7 +202,7 @@ def make_app(state: SimpleNamespace) -> Application:
     handlers = [("/hello", Hello), ("/echo", Echo), (r"/named/(\w+)", Named), ("/twice", Twice), ("/wait", Wait),
                 ("/stream", Stream), ("/small", SmallLimit), ("/peer", Peer), ("/overrun", Overrun),
                 ("/underrun", Underrun), ("/nocontent", NoContent), ("/teapot", Teapot), ("/smuggled", Smuggled),
-                ("/big", Big), ("/half", HalfThenWait)]
+                ("/big", Big), ("/half", HalfThenWait), ("/header", Header)]
     return Application([(path, handler, {"state": state}) for path, handler in handlers])
 
 
@@ -552,6 +557,22 @@ async def test_set_max_body_size_applies_to_that_request_only(http_server, http_
 
 
 # --- versions, Host, methods, upgrades ------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_whitespace_around_a_header_value_is_not_part_of_it(http_server, http_port):
+    """``X-Name:  value \t`` reaches the handler as ``value``, as with Tornado's own parser."""
+    answer, _ = await exchange(http_port, b"GET /header HTTP/1.1\r\n" + HOST + b"X-Spaced:  value \t\r\n"
+                                          b"Connection: close\r\n\r\n")
+    assert answer.status == 200 and json.loads(answer.body) == {"value": "value"}
+
+
+@pytest.mark.gen_test
+async def test_header_value_with_a_control_character_gets_json_400(http_server, http_port):
+    """A field value with a control character is a 400 with a JSON error, not a hang-up."""
+    answer, _ = await exchange(http_port, b"GET /hello HTTP/1.1\r\n" + HOST + b"X-Bad: a\x01b\r\n\r\n")
+    message = assert_json_error(answer, 400, b"Bad Request")
+    assert message.startswith("malformed HTTP request")
 
 
 @pytest.mark.gen_test
