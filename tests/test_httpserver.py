@@ -688,14 +688,20 @@ async def test_remote_ip_is_the_peer_address(http_server, http_port):
     assert json.loads(answer.body) == {"remote_ip": "127.0.0.1", "address": [client[0], client[1]]}
 
 
+async def head_and_rest(port: int, path: str) -> tuple[bytes, bytes]:
+    """GET ``path`` and read until the server closes: the answer's head and every byte after it."""
+    reader, writer = await connect(port)
+    writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+    received = await read_rest(reader)
+    writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
 @pytest.mark.gen_test
 async def test_writing_more_than_content_length_closes_without_extra_bytes(http_server, http_port):
     """A handler writing past its Content-Length: the declared bytes at most, then EOF, never the excess."""
-    reader, writer = await connect(http_port)
-    writer.write(b"GET /overrun HTTP/1.1\r\n" + HOST + b"\r\n")
-    received = await read_rest(reader)
-    writer.close()
-    head, _, body = received.partition(b"\r\n\r\n")
+    head, body = await head_and_rest(http_port, "/overrun")
     assert b"\r\nContent-Length: 5\r\n" in head + b"\r\n"
     assert body == b"hel"
 
@@ -703,11 +709,7 @@ async def test_writing_more_than_content_length_closes_without_extra_bytes(http_
 @pytest.mark.gen_test
 async def test_writing_less_than_content_length_closes_the_connection(http_server, http_port):
     """A handler finishing short of its Content-Length: what it wrote, then EOF, so the client is not left waiting."""
-    reader, writer = await connect(http_port)
-    writer.write(b"GET /underrun HTTP/1.1\r\n" + HOST + b"\r\n")
-    received = await read_rest(reader)
-    writer.close()
-    head, _, body = received.partition(b"\r\n\r\n")
+    head, body = await head_and_rest(http_port, "/underrun")
     assert b"\r\nContent-Length: 10\r\n" in head + b"\r\n"
     assert body == b"abc"
 
