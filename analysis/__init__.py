@@ -13,6 +13,16 @@ FOLLOWER_COUNT = 5
 NODE_NAMES = ("leader",) + tuple(f"follower{i}" for i in range(1, FOLLOWER_COUNT + 1))
 
 
+def add_seeded_workload(group, seed_use: str) -> None:
+    """The options of the seeded, delayed workload that the study and the benchmark's delays
+    mode share; ``check_workload`` checks them."""
+    group.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
+    group.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY in ms (default: %(default)s)")
+    group.add_argument("--max-delay", type=int, default=1000, help="MAX_DELAY in ms (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=1,
+                       help=f"seed of {seed_use} (DELAY_SEED, the same for every quorum) (default: %(default)s)")
+
+
 def check_workload(parser, args, positive: tuple[str, ...]) -> None:
     """Refuse quorums, delays and counts the nodes or the workload would refuse anyway, before
     any cluster is started for nothing (shared by the study and the benchmark)."""

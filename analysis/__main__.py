@@ -20,7 +20,7 @@ import pandas as pd
 from tornado.httpclient import AsyncHTTPClient
 from tqdm import tqdm
 
-from analysis import FOLLOWER_COUNT, NODE_NAMES, check_workload
+from analysis import FOLLOWER_COUNT, NODE_NAMES, add_seeded_workload, check_workload
 from analysis import consistency as cons
 from analysis.cluster import (
     Cluster,
@@ -44,15 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local", action="store_true",
                    help="start the six nodes as local processes (node.cluster) instead of using Docker Compose")
     w = p.add_argument_group("workload")
-    w.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
     w.add_argument("--concurrency", type=int, default=10, help="writes in flight (default: %(default)s)")
     w.add_argument("--keys", type=int, default=10, help="distinct keys written (default: %(default)s)")
     w.add_argument("--quorums", type=int, nargs="+", default=list(range(1, FOLLOWER_COUNT + 1)),
                    metavar="K", help="write quorums to study (default: 1 2 3 4 5)")
-    w.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY in ms (default: %(default)s)")
-    w.add_argument("--max-delay", type=int, default=1000, help="MAX_DELAY in ms (default: %(default)s)")
-    w.add_argument("--seed", type=int, default=1, help="seed of the key choice, the bootstrap and the leader's delay draws "
-                        "(DELAY_SEED, the same for every quorum) (default: %(default)s)")
+    add_seeded_workload(w, "the key choice, the bootstrap and the leader's delay draws")
     w.add_argument("--output", default=DEFAULT_OUTPUT, help="output directory (default: analysis/results/)")
     w.add_argument("--poll-interval", type=float, default=0.05, help="convergence poll interval, s (default: %(default)s)")
     w.add_argument("--converge-timeout", type=float, default=30.0, help="max wait for convergence, s (default: %(default)s)")

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from analysis import FOLLOWER_COUNT, NODE_NAMES, check_workload
+from analysis import FOLLOWER_COUNT, NODE_NAMES, add_seeded_workload, check_workload
 from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints, run_cli
 from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_writes
 from node.httpclient import PeerConnection, PeerError
@@ -68,10 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--no-baseline", action="store_true",
                    help="skip the no-op server measured first (the machine's ceiling in this run)")
     d = p.add_argument_group("delays mode")
-    d.add_argument("--writes", type=int, default=100, help="writes per quorum (default: %(default)s)")
-    d.add_argument("--min-delay", type=int, default=0, help="MIN_DELAY, ms (default: %(default)s)")
-    d.add_argument("--max-delay", type=int, default=1000, help="MAX_DELAY, ms (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=1, help="DELAY_SEED and key choice (default: %(default)s)")
+    add_seeded_workload(d, "the key choice and the leader's delay draws")
     n = p.add_argument_group("where the nodes are")
     n.add_argument("--compose", action="store_true", help="use the Docker Compose cluster instead of local processes")
     n.add_argument("-p", "--project-name", help="compose project name (default: the one `make up` uses)")
