@@ -324,7 +324,14 @@ async def closed_loop(host: str, port: int, args: argparse.Namespace, clients: i
     return loop, {name: after[name] - before[name] for name in before}
 
 
-def throughput_row(quorum: int, clients: int, loop: Loop, cpu: dict[str, float], fsync: str | None) -> dict:
+def replication_counts(cluster: Cluster) -> tuple[int, int]:
+    """Confirmed /replicate requests and the entries they carried, summed over the followers."""
+    followers = get_status(cluster.endpoints.leader)["followers"].values()
+    return sum(f["requests"] for f in followers), sum(f["entries_sent"] for f in followers)
+
+
+def throughput_row(quorum: int, clients: int, loop: Loop, cpu: dict[str, float], fsync: str | None,
+                   batching: tuple[int, int]) -> dict:
     window = loop.window_end - loop.window_start
     ok = len(loop.latencies_ms)
     followers = sum(cpu[name] for name in NODE_NAMES[1:])
@@ -338,6 +345,7 @@ def throughput_row(quorum: int, clients: int, loop: Loop, cpu: dict[str, float],
         "follower_cpu_us_per_write_mean": per_write_us(followers / FOLLOWER_COUNT, ok),
         "client_cpu_us_per_write": per_write_us(cpu["client"], ok),
         "leader_cpu_pct": cpu["leader"] / window * 100 if window > 0 else math.nan,
+        "entries_per_request": batching[1] / batching[0] if batching[0] else math.nan,
         "fsync": fsync,
     }
 
@@ -351,8 +359,11 @@ def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> l
         runs = [args.concurrency] + ([1] if args.single and quorum == max(args.quorums) else [])
         rows = []
         for clients in runs:
+            before = replication_counts(cluster)
             loop, cpu = run(closed_loop(host, port, args, clients, pids))
-            rows.append(throughput_row(quorum, clients, loop, cpu, fsync))
+            after = replication_counts(cluster)
+            batching = (after[0] - before[0], after[1] - before[1])
+            rows.append(throughput_row(quorum, clients, loop, cpu, fsync, batching))
             report_loop(rows[-1], loop)
         return rows
 
@@ -473,7 +484,7 @@ THROUGHPUT_COLUMNS = [
     ("latency_mean_ms", "mean ms", ".2f"), ("latency_p50_ms", "p50 ms", ".2f"), ("latency_p99_ms", "p99 ms", ".2f"),
     ("leader_cpu_us_per_write", "leader µs/w", ".0f"), ("followers_cpu_us_per_write", "followers µs/w", ".0f"),
     ("follower_cpu_us_per_write_mean", "per follower", ".0f"), ("client_cpu_us_per_write", "client µs/w", ".0f"),
-    ("leader_cpu_pct", "leader cpu%", ".0f"),
+    ("leader_cpu_pct", "leader cpu%", ".0f"), ("entries_per_request", "entries/req", ".1f"),
 ]
 DELAYS_COLUMNS = [
     ("quorum", "k", "d"), ("writes_ok", "writes ok", "d"), ("errors", "errors", "d"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 ROLES = ("leader", "follower")
 FSYNC_POLICIES = ("always", "batch", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_BATCH_LINGER_US = 2000
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,7 @@ class Config:
     max_delay_ms: int = 0
     write_timeout_ms: int = 0
     delay_seed: int | None = None
+    batch_linger_us: int = 0
     # Follower only.
     leader: str = ""
     catchup_interval_ms: int = 0
@@ -158,4 +160,6 @@ def _leader_settings(env: Mapping[str, str]) -> dict:
         write_timeout_ms=_int(env, "WRITE_TIMEOUT", 10_000, 1, 3_600_000, " ms"),
         # Unset: fresh random delays each start. Set: the same sequence of draws, for repeatable studies.
         delay_seed=_int(env, "DELAY_SEED", None, 0, 2**63 - 1) if env.get("DELAY_SEED", "").strip() else None,
+        # How long an idle follower channel may wait for more entries under load (0: never).
+        batch_linger_us=_int(env, "BATCH_LINGER_US", DEFAULT_BATCH_LINGER_US, 0, 100_000, " µs"),
     )

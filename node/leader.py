@@ -113,7 +113,7 @@ class Leader:
         self.replicator = Replicator(
             self.progress, config.min_delay_ms, config.max_delay_ms,
             config.replication_secret, self.tracker.confirm, random.Random(config.delay_seed),
-            max_batch_bytes=REPLICATE_BODY_FACTOR * config.max_body_bytes,
+            max_batch_bytes=REPLICATE_BODY_FACTOR * config.max_body_bytes, linger_us=config.batch_linger_us,
         )
         if self.entries:
             log.info("replayed %d entries from %s; numbering continues at %d",
@@ -168,6 +168,7 @@ class Leader:
                 "lag": self.last_seq - p.match,
                 "last_error": p.last_error,
                 "requests": p.requests,
+                "entries_sent": p.entries_sent,
                 "entries_per_request": round(p.entries_sent / p.requests, 2) if p.requests else None,
             }
             for address, p in self.progress.items()
@@ -183,6 +184,7 @@ class Leader:
             "max_delay_ms": self.config.max_delay_ms,
             "write_timeout_ms": self.config.write_timeout_ms,
             "delay_seed": self.config.delay_seed,
+            "batch_linger_us": self.config.batch_linger_us,
             "fsync": self.config.fsync,
             "replications_in_flight": self.replicator.in_flight,
             "followers": followers,

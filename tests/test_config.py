@@ -17,6 +17,8 @@ def test_leader_defaults_follow_the_seed():
     assert (cfg.port, cfg.write_quorum, cfg.min_delay_ms, cfg.max_delay_ms) == (8000, 2, 0, 1000)
     assert cfg.followers == ("a:1", "b:2", "c:3", "d:4", "e:5")
     assert cfg.fsync == "batch"
+    assert cfg.batch_linger_us == 2000
+    assert load_config({**LEADER, "BATCH_LINGER_US": "0"}).batch_linger_us == 0
 
 
 def test_follower_defaults():
@@ -35,6 +37,8 @@ def test_follower_defaults():
         ({**LEADER, "MIN_DELAY": "-1"}, "MIN_DELAY=-1 is out of range 0..600000 ms"),
         ({**LEADER, "MIN_DELAY": "500", "MAX_DELAY": "100"}, "MAX_DELAY=100 is below MIN_DELAY=500"),
         ({**LEADER, "WRITE_TIMEOUT": "0"}, "WRITE_TIMEOUT=0 is out of range"),
+        ({**LEADER, "BATCH_LINGER_US": "-5"}, "BATCH_LINGER_US=-5 is out of range 0..100000 µs"),
+        ({**LEADER, "BATCH_LINGER_US": "2ms"}, "BATCH_LINGER_US='2ms' is not an integer; allowed range 0..100000 µs"),
         ({**S, "ROLE": "leader"}, "FOLLOWERS is not set"),
         ({**S, "ROLE": "leader", "FOLLOWERS": "a:1,a:1"}, "lists an address twice"),
         ({**S, "ROLE": "leader", "FOLLOWERS": "nohost"}, "FOLLOWERS='nohost' is not a host:port address"),
