@@ -239,7 +239,7 @@ def parse_entries(body: Any) -> tuple[list[Entry], bool]:
 class LogHandler(BaseHandler):
     """Internal: entries after a sequence number, for followers catching up."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.check_secret()
         if self.node.role != "leader":
             raise ApiError(403, f"only the leader serves /log; ask {self.node.config.leader}")
@@ -261,6 +261,8 @@ class LogHandler(BaseHandler):
             page.append(item)
         end = self.node.last_seq if upto is None else min(upto, self.node.last_seq)
         more = bool(page) and page[-1]["seq"] < end
+        if page:  # a follower must never hold an entry its leader could still lose
+            await self.node.durable_through(page[-1]["seq"])
         self.send_json({"entries": page, "last_seq": self.node.last_seq, "more": more})
 
     def _int_arg(self, name: str, default: int | None) -> int | None:

@@ -4,6 +4,12 @@ A write becomes a log entry with the next sequence number (no gaps, never reused
 leader continues after the last entry of its log), is appended to the leader's log, applied to
 its state, and pushed to every follower. The client's answer waits for ``WRITE_QUORUM``
 follower confirmations and for the leader's own log to be durable, whichever is later.
+
+The leader's log is synced when entries are shipped, not when they are written: under load
+writes arrive over several loop iterations while the follower channels gather them into one
+request (see ``node.replication``), and one sync per shipment instead of one per iteration
+keeps the loop free to take the rest. No follower holds an entry its leader could lose to a
+power cut for longer than one sync, as before; ``/log`` serves only durable entries.
 """
 
 from __future__ import annotations
@@ -48,19 +54,22 @@ class WriteTimeout(QuorumTimeout):
 class PendingWrite:
     """Joins a write's two conditions, quorum and local durability, into one Future."""
 
-    __slots__ = ("entry", "delays", "future", "_waiting", "_timeout", "_error", "_writes", "_confirmations")
+    __slots__ = ("entry", "delays", "future", "_waiting", "_timeout", "_error", "_writes", "_confirmations",
+                 "_log", "_record")
 
     def __init__(self, entry: Entry, delays: dict[str, float], quorum: asyncio.Future,
-                 durable: asyncio.Future, writes: InFlight) -> None:
+                 log_file: LogFile, record: int, writes: InFlight) -> None:
         self.entry, self.delays = entry, delays
         self.future = asyncio.get_running_loop().create_future()
         self._waiting, self._timeout, self._error = 2, None, None
         self._writes = writes
+        self._log, self._record = log_file, record
         writes.started()
         quorum.add_done_callback(self._quorum_done)
-        durable.add_done_callback(self._durable_done)
 
     def _quorum_done(self, quorum: asyncio.Future) -> None:
+        # Usually already durable: the sync started when the entry was shipped.
+        self._log.sync_future(self._record).add_done_callback(self._durable_done)
         error = quorum.exception()
         if isinstance(error, QuorumTimeout):
             self._timeout = WriteTimeout(error, self.delays)
@@ -99,6 +108,7 @@ class Leader:
         self.log = log_file
         self.store = Store()
         self.entries: list[Entry] = []  # entries[i].seq == i + 1
+        self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
         for entry in entries:
             if entry.seq != len(self.entries) + 1:
                 raise LeaderLogError(
@@ -114,6 +124,7 @@ class Leader:
             self.progress, config.min_delay_ms, config.max_delay_ms,
             config.replication_secret, self.tracker.confirm, random.Random(config.delay_seed),
             max_batch_bytes=REPLICATE_BODY_FACTOR * config.max_body_bytes, linger_us=config.batch_linger_us,
+            on_ship=log_file.start_sync,
         )
         if self.entries:
             log.info("replayed %d entries from %s; numbering continues at %d",
@@ -146,8 +157,11 @@ class Leader:
         self.store.apply(entry)
         quorum = self.tracker.expect(entry.seq, self.config.write_timeout_ms)
         delays = self.replicator.replicate(entry.seq, record_body(record))
-        outcome = PendingWrite(entry, delays, quorum, self.log.sync_future(), self.writes)
-        return outcome.future
+        return PendingWrite(entry, delays, quorum, self.log, self.log.appended, self.writes).future
+
+    def durable_through(self, seq: int) -> asyncio.Future:
+        """Done once entries up to ``seq`` are durable in the leader's log."""
+        return self.log.sync_future(max(0, seq - self.replayed))
 
     def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
         """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""

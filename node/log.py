@@ -216,6 +216,8 @@ class LogFile:
         self._file = file
         self._appended = 0  # records appended since open
         self._synced = 0  # records known durable
+        self._sync_requested = 0  # records some started or planned fsync will cover
+        self._thread_sync: tuple[int, asyncio.Future] | None = None  # "always": the latest fsync, what it covers
         self._round: asyncio.Future | None = None  # the next or running fsync (batch policy) ...
         self._round_covers: int | None = None  # ... covers this many records (None: not started)
         self._sync_time = 0.0  # moving average of one fsync, s
@@ -264,12 +266,23 @@ class LogFile:
             self._file.flush()
             self._appended += len(records)
 
+    @property
+    def appended(self) -> int:
+        """Records appended since the log was opened."""
+        return self._appended
+
+    @property
+    def synced(self) -> int:
+        """Records since open known durable (all appended ones under ``off``)."""
+        return self._appended if self.fsync == "off" else self._synced
+
     async def sync(self) -> None:
         """Return once every record appended before this call is durable under the policy."""
         await self.sync_future()
 
-    def sync_future(self) -> asyncio.Future:
-        """A Future done once every record appended so far is durable under the policy.
+    def sync_future(self, upto: int | None = None) -> asyncio.Future:
+        """A Future done once the first ``upto`` records appended since open (default: all of
+        them) are durable under the policy; done at once if they already are.
 
         Under ``batch`` all callers until the next fsync starts share one Future (group
         commit): the fsync runs at the end of the current loop iteration, so it covers every
@@ -277,27 +290,53 @@ class LogFile:
         runs share the next.
         """
         loop = asyncio.get_running_loop()
-        if self.fsync == "off" or (self.fsync == "batch" and self._synced >= self._appended):
+        if self.fsync == "off" or self._synced >= (self._appended if upto is None else upto):
             done = loop.create_future()
             done.set_result(None)
             return done
-        if self.fsync == "always":  # one fsync per caller; the single sync thread runs them in order
-            return loop.run_in_executor(self._syncer, os.fsync, self._file.fileno())
+        if self.fsync == "always":  # one fsync per caller unless one already started covers it
+            covering = self._thread_sync
+            if upto is not None and covering is not None and covering[0] >= upto and not covering[1].done():
+                return covering[1]
+            return self._fsync_in_thread(loop)
         if self._round is None:
             self._round, self._round_covers = loop.create_future(), None
             loop.call_soon(self._run_round)
             return self._round
-        if self._round_covers is None or self._round_covers >= self._appended:
+        if self._round_covers is None or self._round_covers >= (self._appended if upto is None else upto):
             return self._round
         if self._next_round is None:
             self._next_round = loop.create_future()
         return self._next_round
 
+    def start_sync(self) -> None:
+        """Make everything appended so far durable soon, without waiting for it (the leader
+        calls this when it ships entries: no follower should hold an entry its leader could
+        still lose to a power cut, beyond one sync's time)."""
+        if self.fsync == "off" or self._sync_requested >= self._appended:
+            return
+        self._sync_requested = self._appended
+        self.sync_future()
+
+    def _fsync_in_thread(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        covers = self._sync_requested = self._appended
+        running = loop.run_in_executor(self._syncer, os.fsync, self._file.fileno())
+
+        def note_durable(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._synced = max(self._synced, covers)
+            else:  # not durable: the next start_sync must try again
+                self._sync_requested = self._synced
+
+        running.add_done_callback(note_durable)
+        self._thread_sync = (covers, running)
+        return running
+
     def _run_round(self) -> None:
         """One fsync for everything appended so far: on the loop while syncs are quick, which
         spares a thread hand-off per round, in the sync thread once they are not (a slow disk
         must not stall the loop)."""
-        self._round_covers = self._appended
+        self._round_covers = self._sync_requested = self._appended
         fd = self._file.fileno()
         if self._inline_sync:
             started = time.perf_counter()
@@ -333,6 +372,8 @@ class LogFile:
         result, self._round = self._round, None
         if error is None:
             self._synced = max(self._synced, self._round_covers)
+        else:  # not durable: the next start_sync must try again
+            self._sync_requested = self._synced
         if not result.done():
             if error is None:
                 result.set_result(None)

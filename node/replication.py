@@ -117,9 +117,10 @@ class FollowerChannel:
     """
 
     def __init__(self, progress: FollowerProgress, secret: str, on_confirm: Callable[[int, str], None],
-                 max_batch_bytes: int, linger_s: float = 0.0) -> None:
+                 max_batch_bytes: int, linger_s: float = 0.0, on_ship: Callable[[], None] = lambda: None) -> None:
         self.progress = progress
         self.on_confirm = on_confirm
+        self.on_ship = on_ship
         self.max_batch_bytes = max_batch_bytes
         self.linger_s = linger_s
         self.timers: DelayTimers | None = None  # the replicator's, for the linger
@@ -187,6 +188,7 @@ class FollowerChannel:
             return
         self.out = batch = self._take_batch()
         self.expected = len(batch)
+        self.on_ship()
         body = b'{"entries":[' + b",".join(d.body for d in batch) + b"]}"
         self.connection.send_prepared(self.head, body, SEND_TIMEOUT_S, self._answered)
 
@@ -294,11 +296,12 @@ class Replicator:
         rng: random.Random | None = None,
         max_batch_bytes: int = 1 << 20,
         linger_us: int = 0,
+        on_ship: Callable[[], None] = lambda: None,
     ) -> None:
         self.min_delay_ms = min_delay_ms
         self.max_delay_ms = max_delay_ms
         self.rng = rng or random.Random()
-        self.channels = [FollowerChannel(p, secret, on_confirm, max_batch_bytes, linger_us / 1e6)
+        self.channels = [FollowerChannel(p, secret, on_confirm, max_batch_bytes, linger_us / 1e6, on_ship)
                          for p in progress.values()]
         self.timers: DelayTimers | None = None  # made with the first entry: it needs the running loop
 

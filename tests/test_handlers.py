@@ -7,6 +7,7 @@ import pytest
 
 from node.app import make_server_delegate, open_node
 from node.config import load_config
+from node.quorum import QuorumTimeout
 
 
 @pytest.fixture
@@ -127,3 +128,34 @@ async def test_internal_endpoints_validate_after_the_secret(http_client, base_ur
 async def test_wrong_secret_is_refused(http_client, base_url):
     code, answer = await call(http_client, base_url, "GET", "/log", headers={"X-Replication-Secret": "handler-secreT"})
     assert code == 403
+
+
+@pytest.mark.gen_test
+async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_client, base_url, node, monkeypatch):
+    import asyncio
+    import os
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def held_fsync(fd):
+        entered.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    node.log._inline_sync = False  # the held sync must not hold the event loop too
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    write = node.begin("set", "a", 1)  # shipped at once (to nowhere): the leader's sync starts
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, entered.wait, 5)
+    pull = asyncio.ensure_future(call(http_client, base_url, "GET", "/log?after=0",
+                                      headers={"X-Replication-Secret": "handler-secret"}))
+    done, _ = await asyncio.wait({pull}, timeout=0.3)
+    assert not done  # not durable yet: no follower may get it
+    release.set()
+    code, answer = await pull
+    assert code == 200 and [e["seq"] for e in answer["entries"]] == [1]
+    with pytest.raises(QuorumTimeout):
+        await write  # no follower answered: the write itself times out (504 over HTTP)
+    await node.replicator.close()

@@ -189,6 +189,42 @@ async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path
     log.close()
 
 
+@pytest.mark.gen_test
+@pytest.mark.parametrize("policy", ["batch", "always"])
+async def test_start_sync_makes_what_was_appended_durable_once_without_a_waiter(tmp_path, monkeypatch, policy):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    log, _ = LogFile.open(str(tmp_path), policy)
+    calls.clear()
+    log.append(entry(1))
+    log.append(entry(2))
+    for _ in range(5):  # one shipment per follower: still one sync
+        log.start_sync()
+    done = log.sync_future(upto=2)
+    await done
+    assert len(calls) == 1
+    assert log.sync_future(upto=2).done()  # durable already: no second sync, no wait
+    log.append(entry(3))
+    assert log.sync_future(upto=2).done() and not log.sync_future(upto=3).done()
+    log.close()
+
+
+@pytest.mark.gen_test
+async def test_a_failed_sync_is_tried_again_by_the_next_start_sync(tmp_path, monkeypatch):
+    log, _ = LogFile.open(str(tmp_path), "batch")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    log.append(entry(1))
+    log.start_sync()
+    with pytest.raises(OSError):
+        await log.sync_future(upto=1)
+    monkeypatch.undo()
+    log.start_sync()
+    await log.sync_future(upto=1)
+    assert log._synced == 1
+    log.close()
+
+
 @pytest.mark.parametrize("value", [
     10**30,                      # beyond 64 bits: orjson refuses, the standard library does not
     "\ud800 lone surrogate",     # likewise

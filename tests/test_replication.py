@@ -17,6 +17,8 @@ async def test_acknowledged_write_is_already_durable_on_w_followers(make_cluster
     async with make_cluster(WRITE_QUORUM=str(quorum), MIN_DELAY="0", MAX_DELAY="50") as cluster:
         answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(20)))
         # Checked the moment all answers are in, before anything else runs on the loop.
+        leader = cluster.nodes["leader"]
+        assert leader.log.fsync == "batch" and leader.replayed + leader.log.synced >= max(a["seq"] for a in answers)
         for answer in answers:
             holders = [f for f in cluster.follower_names if answer["seq"] in seqs_in_log(cluster, f)]
             assert answer["confirmations"] >= quorum and len(holders) >= quorum, (answer, holders)
