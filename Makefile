@@ -48,9 +48,11 @@ run: $(STAMP)
 analysis: $(STAMP)
 	$(PY) -m analysis
 
-## Throughput and overhead benchmark on local processes (see python -m analysis.bench --help).
+## Throughput and overhead benchmark on local processes (see python -m analysis.bench --help),
+## with Redis as the yardstick when redis-server is installed.
 bench: $(STAMP)
-	$(PY) -m analysis.bench --single
+	$(PY) -m analysis.bench --single $$(command -v redis-server >/dev/null && echo --redis || \
+		echo "no redis-server on PATH: no Redis yardstick (apt-get install redis-server)" >&2)
 	$(PY) -m analysis.bench --mode delays
 
 lint: $(STAMP)

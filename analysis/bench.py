@@ -10,6 +10,11 @@ delays: the study's seeded workload (MIN_DELAY..MAX_DELAY, DELAY_SEED). A write 
 acknowledged before the k-th smallest of its drawn delays has passed, so for each acknowledged
 write ``latency - k-th delay`` is the time spent on anything but the simulated lag.
 
+--redis (throughput mode) also runs the same clients against Redis, one master and five
+replicas as local processes, with ``SET`` + ``WAIT k`` per write, once without persistence
+(Redis's default) and once with ``appendfsync always`` (each node syncs before it answers, as
+this store does): the yardstick measured on the same machine in the same run.
+
 Six local processes by default (a fresh cluster in a temporary directory for every quorum);
 --compose drives the Docker Compose cluster instead, recreating its leader per quorum.
 Tables go to stdout, progress to stderr, CSV files to --output.
@@ -37,6 +42,7 @@ from urllib.parse import urlsplit
 
 from analysis import FOLLOWER_COUNT, NODE_NAMES, add_seeded_workload, check_workload
 from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints, run_cli
+from analysis.redisref import DURABILITY, RespConnection, redis_cluster, redis_server
 from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_writes
 from node.httpclient import PeerConnection, PeerError
 
@@ -67,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--single", action="store_true", help="also run one client alone at the highest quorum")
     t.add_argument("--no-baseline", action="store_true",
                    help="skip the no-op server measured first (the machine's ceiling in this run)")
+    t.add_argument("--redis", action="store_true",
+                   help="also measure Redis (redis-server on PATH), SET + WAIT k, without and with fsync")
     d = p.add_argument_group("delays mode")
     add_seeded_workload(d, "the key choice and the leader's delay draws")
     n = p.add_argument_group("where the nodes are")
@@ -91,6 +99,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("need --duration > 0, --warmup >= 0 and --timeout > 0")
     if not args.compose and args.base_url != "http://127.0.0.1":
         parser.error("local nodes listen on 127.0.0.1; --base-url is for --compose")
+    if args.redis and args.mode != "throughput":
+        parser.error("--redis is a throughput-mode yardstick; drop it or --mode delays")
 
 
 def progress(message: str) -> None:
@@ -269,23 +279,55 @@ class Loop:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def client_loop(conn: PeerConnection, loop: Loop) -> None:
+class HttpWrites:
+    """The store's writes: ``POST /write`` on keep-alive connections to the leader."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+
+    async def connect(self) -> PeerConnection:
+        conn = PeerConnection(self.host, self.port, self.timeout)
+        await conn.request("GET", "/health")
+        return conn
+
+    async def write(self, conn: PeerConnection, n: int, keys: int) -> str | None:
+        body = b'{"key": "bench-%d", "value": %d}' % (n % keys, n)
+        try:
+            status, answer = await conn.request("POST", "/write", body, JSON_HEADERS)
+        except PeerError as exc:
+            return f"no answer: {exc}"
+        return None if status == 200 else f"{status}: {answer[:200].decode(errors='replace')}"
+
+
+class RedisWrites:
+    """Redis's: ``SET`` then ``WAIT k`` on one connection per client, sent together."""
+
+    def __init__(self, port: int, replicas: int, timeout: float) -> None:
+        self.port, self.replicas, self.timeout_ms = port, replicas, int(timeout * 1000)
+
+    async def connect(self) -> RespConnection:
+        return await RespConnection.open("127.0.0.1", self.port)
+
+    async def write(self, conn: RespConnection, n: int, keys: int) -> str | None:
+        try:
+            return await conn.set_and_wait(b"bench-%d" % (n % keys), b"%d" % n, self.replicas, self.timeout_ms)
+        except ConnectionError as exc:
+            return str(exc)
+
+
+async def client_loop(conn, writes: HttpWrites | RedisWrites, loop: Loop) -> None:
     """Writes back to back; a write counts if it was acknowledged inside the measured window."""
     while not loop.stop.is_set():
         if loop.sent >= loop.max_writes:
             loop.stop.set()
             break
         loop.sent += 1
-        body = b'{"key": "bench-%d", "value": %d}' % (loop.sent % loop.keys, loop.sent)
         start = time.perf_counter()
-        try:
-            status, answer = await conn.request("POST", "/write", body, JSON_HEADERS)
-        except PeerError as exc:
-            status, answer = 0, str(exc).encode()
+        error = await writes.write(conn, loop.sent, loop.keys)
         end = time.perf_counter()
-        if status != 200:
+        if error is not None:
             loop.errors += 1
-            loop.first_error = loop.first_error or f"{status or 'no answer'}: {answer[:200].decode(errors='replace')}"
+            loop.first_error = loop.first_error or error
         elif loop.window_start <= end < loop.window_end:
             loop.latencies_ms.append((end - start) * 1000)
 
@@ -304,17 +346,16 @@ async def window_timer(loop: Loop, warmup: float, duration: float, pids: dict[st
     return before, after
 
 
-async def closed_loop(host: str, port: int, args: argparse.Namespace, clients: int,
+async def closed_loop(writes: HttpWrites | RedisWrites, args: argparse.Namespace, clients: int,
                       pids: dict[str, int]) -> tuple[Loop, dict[str, float]]:
     """``clients`` connections writing back to back; returns the loop and CPU seconds per process in the window."""
-    conns = [PeerConnection(host, port, args.timeout) for _ in range(clients)]
     loop = Loop(args.max_writes, args.keys)
-    timer = None
+    conns, timer = [], None
     try:
         # Connect before the clock starts: connection set-up is not part of a write.
-        await asyncio.gather(*(conn.request("GET", "/health") for conn in conns))
+        conns = await asyncio.gather(*(writes.connect() for _ in range(clients)))
         timer = asyncio.ensure_future(window_timer(loop, args.warmup, args.duration, pids))
-        await asyncio.gather(*(client_loop(conn, loop) for conn in conns))
+        await asyncio.gather(*(client_loop(conn, writes, loop) for conn in conns))
         before, after = await timer
     finally:
         if timer is not None:
@@ -360,7 +401,7 @@ def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> l
         rows = []
         for clients in runs:
             before = replication_counts(cluster)
-            loop, cpu = run(closed_loop(host, port, args, clients, pids))
+            loop, cpu = run(closed_loop(HttpWrites(host, port, args.timeout), args, clients, pids))
             after = replication_counts(cluster)
             batching = (after[0] - before[0], after[1] - before[1])
             rows.append(throughput_row(quorum, clients, loop, cpu, fsync, batching))
@@ -396,7 +437,7 @@ def measure_baseline(args: argparse.Namespace) -> dict:
     """The same closed loop against one process that does nothing (same HTTP server as a node): this machine's ceiling now."""
     port = free_port()  # not --base-port: a cluster may be listening there
     with noop_server(port) as pid:
-        loop, cpu = run(closed_loop("127.0.0.1", port, args, args.concurrency, {"leader": pid}))
+        loop, cpu = run(closed_loop(HttpWrites("127.0.0.1", port, args.timeout), args, args.concurrency, {"leader": pid}))
     window = loop.window_end - loop.window_start
     ok = len(loop.latencies_ms)
     return {
@@ -406,6 +447,20 @@ def measure_baseline(args: argparse.Namespace) -> dict:
         "server_cpu_us_per_request": per_write_us(cpu["leader"], ok),
         "client_cpu_us_per_request": per_write_us(cpu["client"], ok),
     }
+
+
+def measure_redis(args: argparse.Namespace) -> list[dict]:
+    """The same closed loop against Redis at each quorum, in both durability settings."""
+    rows = []
+    for durability in DURABILITY:
+        progress(f"redis ({durability}): starting one master and five replicas")
+        with redis_cluster(durability) as (port, pids):
+            for quorum in args.quorums:
+                loop, cpu = run(closed_loop(RedisWrites(port, quorum, args.timeout), args, args.concurrency, pids))
+                row = throughput_row(quorum, args.concurrency, loop, cpu, durability, (0, 0))
+                rows.append({"system": "redis", **row})
+                report_loop(row, loop)
+    return rows
 
 
 def report_loop(row: dict, loop: Loop) -> None:
@@ -486,6 +541,8 @@ THROUGHPUT_COLUMNS = [
     ("follower_cpu_us_per_write_mean", "per follower", ".0f"), ("client_cpu_us_per_write", "client µs/w", ".0f"),
     ("leader_cpu_pct", "leader cpu%", ".0f"), ("entries_per_request", "entries/req", ".1f"),
 ]
+REDIS_COLUMNS = [column for column in THROUGHPUT_COLUMNS if column[0] != "entries_per_request"] + [
+    ("fsync", "fsync", "s")]
 DELAYS_COLUMNS = [
     ("quorum", "k", "d"), ("writes_ok", "writes ok", "d"), ("errors", "errors", "d"),
     ("latency_mean_ms", "mean latency ms", ".1f"), ("kth_delay_mean_ms", "mean k-th delay", ".1f"),
@@ -539,6 +596,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     rows: list[dict] = []
     writes: list[dict] = []
     try:
+        if args.mode == "throughput" and args.redis:
+            redis_server()  # missing: say so now, not after the whole run
         if args.mode == "throughput" and not args.no_baseline:
             progress("baseline: a no-op server, same client")
             args.baseline = measure_baseline(args)
@@ -550,6 +609,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 row, quorum_writes = measure_delays(args, quorum, workdir)
                 rows.append(row)
                 writes += quorum_writes
+        if args.mode == "throughput" and args.redis:
+            args.redis_rows = measure_redis(args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report(args, rows, writes)
@@ -573,12 +634,31 @@ def report(args: argparse.Namespace, rows: list[dict], writes: list[dict]) -> di
             for row in main_rows:
                 print(f"  k={row['quorum']}: {row['writes_per_s'] / baseline['requests_per_s']:.0%} of the baseline")
             paths["baseline"] = write_csv(os.path.join(args.output, "baseline.csv"), [baseline])
+        redis_rows = getattr(args, "redis_rows", None)
+        if redis_rows:
+            print(redis_report(main_rows, redis_rows))
+            paths["redis"] = write_csv(os.path.join(args.output, "redis.csv"), redis_rows)
     else:
         print(format_table(rows, DELAYS_COLUMNS))
         paths = {"delays": write_csv(os.path.join(args.output, "delays.csv"), rows),
                  "delays_writes": write_csv(os.path.join(args.output, "delays_writes.csv"), writes)}
     print("saved: " + ", ".join(paths.values()))
     return paths
+
+
+def redis_report(store_rows: list[dict], redis_rows: list[dict]) -> str:
+    """Redis's table and, per quorum, this store's writes/s as a multiple of Redis's in this run."""
+    version = subprocess.run([redis_server(), "--version"], capture_output=True, text=True).stdout.split()
+    lines = [f"Redis on the same machine, same clients, SET + WAIT k ({' '.join(version[:3])}); "
+             f"fsync column: none = no persistence (Redis's default), fsync = appendfsync always on all six",
+             format_table(redis_rows, REDIS_COLUMNS)]
+    for row in store_rows:
+        ours = row["writes_per_s"]
+        theirs = {r["fsync"]: r["writes_per_s"] for r in redis_rows if r["quorum"] == row["quorum"]}
+        if theirs:
+            lines.append(f"  k={row['quorum']}: this store {ours:.0f} writes/s = "
+                         + ", ".join(f"{ours / w:.2f}x Redis ({d})" for d, w in theirs.items()))
+    return "\n".join(lines)
 
 
 def cli() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import shutil
 
 import pytest
 
-from analysis.bench import main, parse_args, percentile
+from analysis.bench import RedisWrites, main, parse_args, percentile
+from analysis.redisref import RedisMissing, RespConnection
 from tests.net import free_port_block
 
 CPU_COLUMNS = ("leader_cpu_us_per_write", "followers_cpu_us_per_write", "follower_cpu_us_per_write_mean",
@@ -63,3 +66,64 @@ def test_delays_run_never_beats_the_kth_delay(tmp_path):
     # are reported rounded to the microsecond).
     assert all(float(row["overhead_ms"]) >= -0.001 for row in writes)
     assert all(0 <= float(row["kth_delay_ms"]) <= 50 for row in writes)
+
+
+class FakeRedis(asyncio.Protocol):
+    """Answers SET with +OK and WAIT with how many replicas the test says acknowledged."""
+
+    acked = 5
+
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data):
+        self.buffer += data
+        while True:
+            command = parse_command(self.buffer)
+            if command is None:
+                return
+            parts, self.buffer = command
+            self.transport.write(b"+OK\r\n" if parts[0] == b"SET" else b":%d\r\n" % self.acked)
+
+
+def parse_command(buffer: bytes):
+    """(parts, rest) of one RESP array of bulk strings at the start of ``buffer``, or None if incomplete."""
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n", 1)
+    parts = []
+    for _ in range(int(head[1:])):
+        if b"\r\n" not in rest:
+            return None
+        length_line, rest = rest.split(b"\r\n", 1)
+        length = int(length_line[1:])
+        if len(rest) < length + 2:
+            return None
+        parts.append(rest[:length])
+        rest = rest[length + 2:]
+    return parts, rest
+
+
+@pytest.mark.gen_test
+async def test_redis_writes_count_only_when_enough_replicas_acknowledged():
+    server = await asyncio.get_running_loop().create_server(FakeRedis, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        conn = await RespConnection.open("127.0.0.1", port)
+        FakeRedis.acked = 5
+        assert await RedisWrites(port, 5, 1.0).write(conn, 7, 10) is None
+        FakeRedis.acked = 3
+        error = await RedisWrites(port, 4, 1.0).write(conn, 8, 10)
+        assert error == "WAIT 4 answered b':3' (fewer replicas within 1000 ms)"
+        conn.close()
+    finally:
+        server.close()
+
+
+def test_redis_yardstick_without_redis_server_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RedisMissing, match="apt-get install redis-server"):
+        main(["--redis", "--quorums", "5"])
+    with pytest.raises(SystemExit):
+        parse_args(["--redis", "--mode", "delays"])
+    capsys.readouterr()
