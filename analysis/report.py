@@ -203,10 +203,10 @@ between {ms(low)} and {ms(high)}; from k = {int(first['quorum'])} to k = {int(la
 mean latency, overhead is {share.min():.1f}%–{share.max():.1f}% of it. {load_text(stats, meta)}
 
 Where it comes from, in the order a write experiences it: the client's HTTP request to the leader
-(a fresh TCP connection and JSON encoding, in Python), the leader appending the entry and starting
-its own fsync (FSYNC={meta['fsync']}; it runs in parallel with the delays, so it only shows when the
-k-th delay is shorter than the fsync); the timer that ends the simulated delay; the POST of the entry
-to the follower; the follower's fsync before it confirms (every confirmation means "durable"); the
+(a fresh TCP connection and JSON encoding, in Python), the leader appending the entry; the timer
+that ends the simulated delay; the POST of the entry to the follower, with which the leader also
+starts syncing its own log (FSYNC={meta['fsync']}; that sync runs alongside the follower's request,
+so it only shows when it is the slower of the two); the follower's fsync before it confirms (every confirmation means "durable"); the
 answer back and the quorum bookkeeping. All of it runs on single-threaded Python event loops that
 are shared: with {meta['concurrency']} writes in flight the leader juggles up to
 {meta['concurrency'] * meta['followers']} sends at once, so a callback may wait for others to finish. The
