@@ -206,9 +206,9 @@ Where it comes from, in the order a write experiences it: the client's HTTP requ
 (a fresh TCP connection and JSON encoding, in Python), the leader appending the entry; the timer
 that ends the simulated delay; the POST of the entry to the follower, with which the leader also
 starts syncing its own log (FSYNC={meta['fsync']}; that sync runs alongside the follower's request,
-so it only shows when it is the slower of the two); the follower's fsync before it confirms (every confirmation means "durable"); the
-answer back and the quorum bookkeeping. All of it runs on single-threaded Python event loops that
-are shared: with {meta['concurrency']} writes in flight the leader juggles up to
+so it only shows when it is the slower of the two); the follower's fsync before it confirms (every
+confirmation means "durable"); the answer back and the quorum bookkeeping. All of it runs on
+single-threaded Python event loops that are shared: with {meta['concurrency']} writes in flight the leader juggles up to
 {meta['concurrency'] * meta['followers']} sends at once, so a callback may wait for others to finish. The
 tail (p95 up to {ms(stats['overhead_p95_ms'].max())}, max {ms(stats['overhead_max_ms'].max())}) comes from
 moments when several requests, timers and fsyncs compete for the same loops and cores.{notes}

@@ -96,6 +96,7 @@ class PeerConnection:
         self._reader: _ResponseReader | None = None
         self._host_header = f"Host: {self.peer}\r\n".encode()
         self._connecting: asyncio.Task | None = None
+        self._warming: asyncio.Task | None = None
 
     @classmethod
     def to(cls, address: str, timeout: float = 10.0) -> PeerConnection:
@@ -166,11 +167,39 @@ class PeerConnection:
             callback(status, body, error)
         return answered
 
-    async def _connect_and_send(self, message: bytes, callback: Callback) -> None:
+    def warm_up(self) -> None:
+        """Connect now, in the background, so the first request does not pay for the name
+        lookup and the handshake. A peer that cannot be reached now is no error: the first
+        request connects again and reports what fails."""
+        if self._reader is None and self._warming is None:
+            self._warming = asyncio.ensure_future(self._warm())
+
+    async def _warm(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, reader = await asyncio.wait_for(
                 loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
+        except (asyncio.TimeoutError, OSError):
+            return
+        finally:
+            self._warming = None
+        if self._reader is None:
+            self.connects += 1
+            self._reader = reader
+        else:
+            reader.transport.close()
+
+    async def _connect_and_send(self, message: bytes, callback: Callback) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._warming is not None:  # a warm-up connect is under way: it may serve this request
+                await asyncio.shield(self._warming)
+            reader = self._reader
+            if reader is None or reader.closed:
+                _, reader = await asyncio.wait_for(
+                    loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
+                self.connects += 1
+                self._reader = reader
         except asyncio.TimeoutError:
             callback(0, b"", PeerTimeout(f"{self.peer}: cannot connect within {self.timeout:g} s"))
             return
@@ -180,8 +209,6 @@ class PeerConnection:
         except asyncio.CancelledError:  # the request's own timeout ran out first, or closing
             callback(0, b"", PeerTimeout(f"{self.peer}: not connected before the request's timeout"))
             return
-        self.connects += 1
-        self._reader = reader
         reader.callback = callback
         reader.transport.write(message)
 
@@ -194,6 +221,9 @@ class PeerConnection:
             self._connecting.cancel()  # still connecting: give up on it
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            self._warming = None
         if self._reader is not None:
             self._reader.callback = None
             self._reader.transport.close()

@@ -135,7 +135,8 @@ class Leader:
         return len(self.entries)
 
     def start(self) -> None:
-        """Nothing to start: followers pull what they missed, the leader pushes new entries."""
+        """Open the connections to the followers; followers pull what they missed by themselves."""
+        self.replicator.warm_up()
 
     async def submit(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
         """Log, apply and replicate one operation; return once the quorum confirmed it."""

@@ -324,6 +324,12 @@ class Replicator:
             channel.push(seq, body, delay / 1000, self.timers)
         return delays
 
+    def warm_up(self) -> None:
+        """Open every follower's connection now, so the first writes after a (re)start do not
+        wait for name lookups and handshakes."""
+        for channel in self.channels:
+            channel.connection.warm_up()
+
     async def close(self) -> None:
         for channel in self.channels:
             channel.close()

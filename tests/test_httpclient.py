@@ -128,3 +128,40 @@ def test_refused_connection_is_a_request_error():
             await PeerConnection("127.0.0.1", port, timeout=2).request("GET", "/")
 
     asyncio.run(scenario())
+
+
+def test_a_request_right_after_warm_up_uses_the_warm_connection():
+    async def scenario(conn, server):
+        conn.warm_up()
+        conn.warm_up()  # a second call while the first connects opens nothing more
+        answer = await conn.request("GET", "/echo")  # sent while the warm-up may still be connecting
+        return answer, server.connections, conn.connects
+
+    answer, accepted, connects = serve(scenario)
+    assert answer == (200, b"plain")
+    assert accepted == connects == 1
+
+
+def test_a_warm_connection_serves_the_first_request_without_connecting():
+    async def scenario(conn, server):
+        conn.warm_up()
+        while conn.connects == 0:  # until the warm-up has connected
+            await asyncio.sleep(0.001)
+        return await conn.request("GET", "/echo"), server.connections, conn.connects
+
+    answer, accepted, connects = serve(scenario)
+    assert answer == (200, b"plain")
+    assert accepted == connects == 1
+
+
+def test_warm_up_to_a_peer_that_is_down_is_silent_and_the_request_reports_it():
+    async def scenario():
+        sock, port = bind_unused_port()
+        sock.close()
+        conn = PeerConnection("127.0.0.1", port, timeout=2)
+        conn.warm_up()
+        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
+            await conn.request("GET", "/")
+        conn.close()
+
+    asyncio.run(scenario())

@@ -336,3 +336,16 @@ def test_delay_timers_fire_in_due_order_and_survive_a_failing_callback():
         return fired
 
     assert asyncio.run(scenario()) == ["a", "a2", "b", "c"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_leader_connects_to_its_followers_before_the_first_write(make_cluster):
+    async with make_cluster() as cluster:
+        connections = [channel.connection for channel in cluster.nodes["leader"].replicator.channels]
+        deadline = asyncio.get_running_loop().time() + 5
+        while any(c.connects == 0 for c in connections) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert [c.connects for c in connections] == [1] * 5  # no write yet: opened at start
+        await cluster.write("k", 1)
+        assert [c.connects for c in connections] == [1] * 5  # and the writes use them
+        await cluster.settled()
