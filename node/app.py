@@ -115,9 +115,10 @@ async def serve(config: Config) -> None:
     log.info("%s listening on %s:%d, data in %s (fsync=%s)", config.role, config.host, config.port,
              config.data_dir, config.fsync)
     if config.is_leader:
-        log.info("followers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms",
+        log.info("followers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms, BATCH_LINGER_US=%d",
                  ",".join(config.followers), config.write_quorum, config.min_delay_ms,
-                 config.max_delay_ms, config.write_timeout_ms)
+                 config.max_delay_ms, config.write_timeout_ms, config.batch_linger_us)
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ import argparse
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,19 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"node on port {port} not healthy after {timeout:.0f} s")
 
 
+def check_ports_free(ports: list[int]) -> None:
+    """Refuse to start on a port something already listens on: its /health would answer for a
+    node that never came up (e.g. the Compose cluster publishes 8000..8005 on 127.0.0.1)."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise RuntimeError(f"port {port} on 127.0.0.1 is taken ({exc.strerror}): another cluster running? "
+                                   f"`make down` stops the Compose one; or choose another base port") from None
+
+
 def spawn(node_env: dict, quiet: bool = False) -> subprocess.Popen:
     """Start one node process with its environment (see :func:`node_envs`)."""
     out = subprocess.DEVNULL if quiet else None
@@ -64,6 +78,7 @@ def start(data_dir: str, base_port: int = 8000, followers: int = FOLLOWER_COUNT,
           env: dict | None = None, timeout: float = 30.0, quiet: bool = False) -> list[subprocess.Popen]:
     """Start the nodes (followers first) and return once all answer /health."""
     envs = node_envs(data_dir, base_port, followers, dict(os.environ if env is None else env))
+    check_ports_free([int(node_env["PORT"]) for node_env in envs])
     order = envs[1:] + envs[:1]
     procs = []
     try:

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,3 +86,13 @@ def test_bad_setting_stops_the_cluster_with_the_node_error(tmp_path):
     base = free_port_block()
     with pytest.raises(RuntimeError, match="exited with code 2"):
         local_cluster.start(str(tmp_path), base, env=env(WRITE_QUORUM="9"), quiet=True)
+
+
+def test_a_taken_port_stops_the_start_before_any_node_runs(tmp_path):
+    base = net.free_port_block()
+    with socket.socket() as squatter:  # e.g. the Compose cluster publishing the same ports
+        squatter.bind(("127.0.0.1", base + 3))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=rf"port {base + 3} on 127.0.0.1 is taken .*`make down`"):
+            local_cluster.start(str(tmp_path / "data"), base)
+    assert not (tmp_path / "data").exists()  # nothing was spawned
