@@ -175,31 +175,31 @@ class PeerConnection:
             self._warming = asyncio.ensure_future(self._warm())
 
     async def _warm(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, reader = await asyncio.wait_for(
-                loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
+            reader = await self._open()
         except (asyncio.TimeoutError, OSError):
             return
         finally:
             self._warming = None
         if self._reader is None:
-            self.connects += 1
             self._reader = reader
         else:
             reader.transport.close()
 
+    async def _open(self) -> _ResponseReader:
+        """A new connection to the peer (raises asyncio.TimeoutError or OSError)."""
+        _, reader = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
+        self.connects += 1
+        return reader
+
     async def _connect_and_send(self, message: bytes, callback: Callback) -> None:
-        loop = asyncio.get_running_loop()
         try:
             if self._warming is not None:  # a warm-up connect is under way: it may serve this request
                 await asyncio.shield(self._warming)
             reader = self._reader
             if reader is None or reader.closed:
-                _, reader = await asyncio.wait_for(
-                    loop.create_connection(lambda: _ResponseReader(self.peer), self.host, self.port), self.timeout)
-                self.connects += 1
-                self._reader = reader
+                reader = self._reader = await self._open()
         except asyncio.TimeoutError:
             callback(0, b"", PeerTimeout(f"{self.peer}: cannot connect within {self.timeout:g} s"))
             return

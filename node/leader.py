@@ -69,7 +69,10 @@ class PendingWrite:
 
     def _quorum_done(self, quorum: asyncio.Future) -> None:
         # Usually already durable: the sync started when the entry was shipped.
-        self._log.sync_future(self._record).add_done_callback(self._durable_done)
+        if self._log.synced >= self._record:
+            self._one_done()
+        else:
+            self._log.sync_future(self._record).add_done_callback(self._durable_done)
         error = quorum.exception()
         if isinstance(error, QuorumTimeout):
             self._timeout = WriteTimeout(error, self.delays)

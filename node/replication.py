@@ -103,8 +103,7 @@ class Due:
 
     seq: int
     body: bytes
-    give_up_at: float  # loop time after which failed attempts are no longer retried
-    due_at: float  # time.monotonic() when it fell due: bounds its wait for company
+    due_at: float  # time.monotonic() when it fell due: bounds its wait for company and its retries
 
 
 class FollowerChannel:
@@ -123,7 +122,7 @@ class FollowerChannel:
         self.on_ship = on_ship
         self.max_batch_bytes = max_batch_bytes
         self.linger_s = linger_s
-        self.timers: DelayTimers | None = None  # the replicator's, for the linger
+        self.timers: DelayTimers | None = None  # the replicator's: delays and lingers
         self.connection = PeerConnection.to(progress.address, timeout=SEND_TIMEOUT_S)
         self.head = self.connection.request_head(
             "POST", "/replicate", {"Content-Type": "application/json", SECRET_HEADER: secret})
@@ -135,19 +134,19 @@ class FollowerChannel:
         self._backing_off = False
         self._backoff = INITIAL_BACKOFF_S
         self.expected = 1  # entries the previous request carried: how many to wait for
-        self._linger_until: float | None = None  # the armed linger timer's deadline
+        self._linger_armed = False  # a linger timer is pending (it re-checks when it fires)
 
     def __len__(self) -> int:
         """Entries not yet confirmed or given up: delayed, due or being sent."""
         return self.delayed + len(self.due) + len(self.out)
 
-    def push(self, seq: int, body: bytes, delay_s: float, timers: DelayTimers) -> None:
+    def push(self, seq: int, body: bytes, delay_s: float) -> None:
         """Make ``seq`` due for this follower once ``delay_s`` has passed (at once for 0)."""
         if delay_s <= 0:
             self._make_due(seq, body)
         else:
             self.delayed += 1
-            timers.call_at(time.monotonic() + delay_s, self._delay_over, seq, body)
+            self.timers.call_at(time.monotonic() + delay_s, self._delay_over, seq, body)
 
     def _delay_over(self, seq: int, body: bytes) -> None:
         self.delayed -= 1
@@ -156,8 +155,7 @@ class FollowerChannel:
     def _make_due(self, seq: int, body: bytes) -> None:
         if self.closed:
             return
-        loop = asyncio.get_running_loop()
-        self.due.append(Due(seq, body, loop.time() + RETRY_WINDOW_S, time.monotonic()))
+        self.due.append(Due(seq, body, time.monotonic()))
         self._send_when_ready()
 
     def _send_when_ready(self) -> None:
@@ -168,18 +166,18 @@ class FollowerChannel:
         """
         if self._send_planned or self.out or self._backing_off or self.closed or not self.due:
             return
-        if len(self.due) < self.expected and self.timers is not None:
+        if len(self.due) < self.expected:
             deadline = self.due[0].due_at + self.linger_s
             if time.monotonic() < deadline:
-                if self._linger_until is None:  # one timer at a time; it re-checks when it fires
-                    self._linger_until = deadline
+                if not self._linger_armed:
+                    self._linger_armed = True
                     self.timers.call_at(deadline, self._linger_over)
                 return
         self._send_planned = True
         asyncio.get_running_loop().call_soon(self._send)
 
     def _linger_over(self) -> None:
-        self._linger_until = None
+        self._linger_armed = False
         self._send_when_ready()
 
     def _send(self) -> None:
@@ -223,12 +221,14 @@ class FollowerChannel:
         """Put failed entries back for another attempt, except those that need none.
 
         A follower that has been failing for DOWN_AFTER_S counts as down: each entry gets one
-        attempt and no retry storm follows; it pulls what it missed from /log once back.
+        attempt and no retry storm follows; it pulls what it missed from /log once back. An
+        entry is retried for RETRY_WINDOW_S after it fell due.
         """
         if self.progress.down_for(now) > DOWN_AFTER_S:
             return
-        retry = [d for d in batch if d.seq > self.progress.match and now < d.give_up_at]
-        expired = [d.seq for d in batch if d.seq > self.progress.match and now >= d.give_up_at]
+        give_up_before = time.monotonic() - RETRY_WINDOW_S
+        retry = [d for d in batch if d.seq > self.progress.match and d.due_at > give_up_before]
+        expired = [d.seq for d in batch if d.seq > self.progress.match and d.due_at <= give_up_before]
         if expired:
             log.warning("gave up pushing seq %d..%d to %s after %g s (%s); it will pull them from /log",
                         expired[0], expired[-1], self.progress.address, RETRY_WINDOW_S, error)
@@ -321,7 +321,7 @@ class Replicator:
         for channel in self.channels:
             delay = uniform(low, high)
             delays[channel.progress.address] = round(delay, 3)
-            channel.push(seq, body, delay / 1000, self.timers)
+            channel.push(seq, body, delay / 1000)
         return delays
 
     def warm_up(self) -> None:

@@ -295,13 +295,14 @@ def test_no_entry_falls_due_before_its_own_delay(loop_kind, precise, monkeypatch
         delay_timers = timers.DelayTimers()
         assert delay_timers.precise == precise
         channel = FollowerChannel(FollowerProgress("127.0.0.1:9"), "secret", lambda seq, f: None, 1 << 20)
+        channel.timers = delay_timers
         pushed, fell_due = {}, {}
         channel._make_due = lambda seq, body: fell_due.__setitem__(seq, time.monotonic())
         rng = random.Random(7)
         for seq in range(1, 301):
             delay = rng.uniform(0.0005, 0.02)
             pushed[seq] = (time.monotonic(), delay)
-            channel.push(seq, b"{}", delay, delay_timers)
+            channel.push(seq, b"{}", delay)
             busy_until = time.perf_counter() + 0.0002  # some work between pushes, as in a busy leader
             while time.perf_counter() < busy_until:
                 pass
