@@ -97,6 +97,7 @@ class PeerConnection:
         self._host_header = f"Host: {self.peer}\r\n".encode()
         self._connecting: asyncio.Task | None = None
         self._warming: asyncio.Task | None = None
+        self._closes = 0
 
     @classmethod
     def to(cls, address: str, timeout: float = 10.0) -> PeerConnection:
@@ -157,7 +158,7 @@ class PeerConnection:
             reader.callback = callback
             reader.transport.write(message)
         else:
-            self._connecting = asyncio.ensure_future(self._connect_and_send(message, callback))
+            self._connecting = asyncio.ensure_future(self._connect_and_send(message, callback, self._closes))
 
     def _with_timer(self, callback: Callback, timer: asyncio.TimerHandle) -> Callback:
         def answered(status: int, body: bytes, error: PeerError | None) -> None:
@@ -193,13 +194,20 @@ class PeerConnection:
         self.connects += 1
         return reader
 
-    async def _connect_and_send(self, message: bytes, callback: Callback) -> None:
+    async def _connect_and_send(self, message: bytes, callback: Callback, closes: int) -> None:
+        """Connect (or take the warm-up's connection) and send; ``closes`` is the close count
+        when the request was made."""
         try:
             if self._warming is not None:  # a warm-up connect is under way: it may serve this request
                 await asyncio.shield(self._warming)
             reader = self._reader
             if reader is None or reader.closed:
-                reader = self._reader = await self._open()
+                reader = await self._open()
+                if self._closes != closes:  # closed while connecting: drop the new connection
+                    reader.transport.close()
+                    callback(0, b"", PeerError(f"{self.peer}: connection closed before the request was sent"))
+                    return
+                self._reader = reader
         except asyncio.TimeoutError:
             callback(0, b"", PeerTimeout(f"{self.peer}: cannot connect within {self.timeout:g} s"))
             return
@@ -221,6 +229,7 @@ class PeerConnection:
             self._connecting.cancel()  # still connecting: give up on it
 
     def close(self) -> None:
+        self._closes += 1  # a connect still under way must not outlive this close
         if self._warming is not None:
             self._warming.cancel()
             self._warming = None

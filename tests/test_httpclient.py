@@ -165,3 +165,17 @@ def test_warm_up_to_a_peer_that_is_down_is_silent_and_the_request_reports_it():
         conn.close()
 
     asyncio.run(scenario())
+
+
+def test_close_while_connecting_leaves_no_connection_behind():
+    async def scenario(conn, server):
+        answers = []
+        conn.send("GET", "/echo", None, None, 5.0, lambda status, body, error: answers.append(error))
+        conn.close()  # the connect has not run yet
+        while not answers:
+            await asyncio.sleep(0.001)
+        return answers, conn._reader
+
+    answers, reader = serve(scenario)
+    assert isinstance(answers[0], PeerError) and "closed before the request was sent" in str(answers[0])
+    assert reader is None  # the connection made meanwhile was dropped, not kept for later
