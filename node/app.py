@@ -1,4 +1,5 @@
-"""Start-up: configuration, log replay, routes, HTTP server (node.httpserver), clean shutdown.
+"""Start-up: configuration, log replay, one Tornado ``Application`` served by Tornado's
+``HTTPServer`` on the IOLoop, clean shutdown.
 
     python -m node            # reads ROLE, NODE_ID, PORT, ... from the environment
 """
@@ -10,15 +11,14 @@ import logging
 import signal
 import sys
 
+from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from node import handlers as h
 from node.config import Config, ConfigError, load_config
-from node.fastpath import NodeServer
 from node.follower import Follower
-from node.httpserver import HTTPServer
 from node.leader import Leader, LeaderLogError
-from node.limits import REPLICATE_BODY_FACTOR
+from node.limits import Limits
 from node.log import LogCorruptError, LogFile
 
 log = logging.getLogger("node")
@@ -53,17 +53,12 @@ def make_app(node) -> Application:
     )
 
 
-def make_server_delegate(node) -> NodeServer:
-    """What the HTTP server serves: the lean write and replicate paths in front of the Application."""
-    return NodeServer(make_app(node), node)
-
-
 def open_node(config: Config):
     """Open the node's log, replay it and build the role's object (raises on a damaged log)."""
     log_file, entries = LogFile.open(config.data_dir, config.fsync)
     try:
         node_class = Leader if config.is_leader else Follower
-        return node_class(config, log_file, entries)
+        return node_class(config, Limits.from_config(config), log_file, entries)
     except Exception:
         log_file.close()
         raise
@@ -72,14 +67,13 @@ def open_node(config: Config):
 async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     """Open, serve and start a node on the running loop (used by ``main`` and by tests)."""
     node = open_node(config)
-    # Headroom above MAX_BODY_BYTES so an oversized body reaches the handler and gets a JSON 413.
-    # /replicate takes up to REPLICATE_BODY_FACTOR times as much.
-    limit = max((REPLICATE_BODY_FACTOR + 1) * config.max_body_bytes, 64 << 20)
-    server = HTTPServer(make_server_delegate(node), max_body_size=limit)
+    # Headroom above every route's own limit, so an oversized body reaches its handler and gets
+    # a JSON 413 (the handlers stream and count; nothing is buffered past the route's limit).
+    server = HTTPServer(make_app(node), max_body_size=node.limits.server_body_bytes)
     if sockets is not None:
-        await server.add_sockets(sockets)
+        server.add_sockets(sockets)
     else:
-        await server.listen(config.port, config.host)
+        server.listen(config.port, config.host)
     node.start()
     return node, server
 

@@ -1,24 +1,26 @@
-"""HTTP/JSON handlers: parse and validate the request, call the node, write JSON.
+"""Every route of both roles as a Tornado ``RequestHandler``: parse and validate the request,
+call the node, write JSON.
 
-Every answer is JSON, errors included (``{"error": "..."}`` with a 4xx for bad input, never a
-stack trace). Request bodies are streamed and counted so an oversized body gets a clean 413
-without being buffered whole.
+Every answer is JSON encoded by ``node.codec``, errors included (``{"error": "..."}`` rendered
+by :meth:`BaseHandler.write_error`, with a 4xx for bad input, never a stack trace). Request
+bodies are streamed and counted against the route's limit (``node.limits.Limits``), so an
+oversized body gets a clean 413 without being buffered whole.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 from typing import Any
 
 from tornado.web import RequestHandler, stream_request_body
 
+from node import codec
+from node.follower import EntryConflict, ShuttingDown
 from node.leader import WriteTimeout
-from node.limits import LOG_PAGE_BYTES, MAX_JSON_DEPTH
 from node.log import Entry, EntryError
-from node.replication import SECRET_HEADER
+from node.peers import SECRET_HEADER
 from node.validation import ApiError, BoundedBody, body_too_large_message, json_type, validate_key
 
 log = logging.getLogger(__name__)
@@ -31,29 +33,31 @@ WRITE_FIELDS = {"key", "value"}
 class BaseHandler(RequestHandler):
     """JSON in, JSON out, for every endpoint of both roles."""
 
-    max_depth = MAX_JSON_DEPTH
-
     def initialize(self, node) -> None:
         self.node = node
+        self.limits = node.limits
 
     def body_limit(self) -> int:
-        return self.node.config.max_body_bytes
+        return self.limits.max_body_bytes
+
+    def json_depth(self) -> int:
+        return self.limits.max_json_depth
 
     def prepare(self) -> None:
         limit = self.body_limit()
         self._body = BoundedBody(limit, self.request.headers.get("Content-Length", ""),
-                                 body_too_large_message(limit, self.node.config.max_body_bytes))
+                                 body_too_large_message(limit, self.limits.max_body_bytes))
 
     def data_received(self, chunk: bytes) -> None:
         self._body.add(chunk)
 
     def json_body(self) -> Any:
-        return self._body.json(self.max_depth)
+        return self._body.json(self.json_depth())
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(payload))
+        self.finish(codec.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -69,7 +73,7 @@ class BaseHandler(RequestHandler):
         else:
             payload = {"error": self._reason}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(payload))
+        self.finish(codec.dumps(payload))
 
     def _allowed_methods(self) -> list[str]:
         return [m for m in ("GET", "POST", "PUT", "DELETE", "PATCH")
@@ -134,7 +138,7 @@ def check_secret(node, given: str) -> None:
 
 
 def write_answer(node, op: str, key: str | None, value: Any, outcome) -> dict:
-    """The 200 answer to an acknowledged write (shared with the lean /write path)."""
+    """The 200 answer to an acknowledged write."""
     quorum = node.config.write_quorum
     total = len(node.config.followers)
     return {
@@ -177,14 +181,14 @@ class MutationHandler(BaseHandler):
 
     async def commit(self, op: str, key: str | None, value: Any = None) -> None:
         try:
-            outcome = await self.node.submit(op, key, value)
+            outcome = await self.node.write(op, key, value)
         except WriteTimeout as timeout:
             raise timeout_error(timeout) from None
         self.send_json(write_answer(self.node, op, key, value, outcome))
 
 
 class WriteHandler(MutationHandler):
-    """POST /write where the lean path (node.fastpath) does not take it: on a follower."""
+    """POST /write: numbered, logged and replicated at once, answered at quorum."""
 
     async def post(self) -> None:
         self.ensure_leader()
@@ -208,12 +212,28 @@ class ClearHandler(MutationHandler):
 
 
 class ReplicateHandler(BaseHandler):
-    """Internal POST /replicate where node.fastpath does not serve it: on the leader, which
-    refuses. A follower's /replicate is always served by fastpath.ReplicateRequest."""
+    """Internal POST /replicate (leader to follower): entries stored and confirmed once durable,
+    all or nothing."""
+
+    def body_limit(self) -> int:
+        return self.limits.replicate_body_bytes
+
+    def json_depth(self) -> int:
+        return self.limits.replicate_json_depth
 
     async def post(self) -> None:
         self.check_secret()
-        raise ApiError(403, "only followers accept /replicate")
+        if self.node.role != "follower":
+            raise ApiError(403, "only followers accept /replicate")
+        entries, single = parse_entries(self.json_body())
+        try:
+            await self.node.accept(entries)
+        except EntryConflict as exc:
+            log.error("%s", exc)
+            raise ApiError(409, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
+        self.send_json(replicate_answer(self.node, entries, single))
 
 
 def replicate_answer(node, entries: list[Entry], single: bool) -> dict:
@@ -253,10 +273,10 @@ class LogHandler(BaseHandler):
             self.node.note_follower_pull(node_id, after)
         entries = self.node.entries_between(after, upto, limit)
         page, size = [], 0
-        for entry in entries:  # a page stays below LOG_PAGE_BYTES, whatever the entries weigh
+        for entry in entries:  # a page stays below the page size, whatever the entries weigh
             item = entry.to_dict()
-            size += len(json.dumps(item))
-            if page and size > LOG_PAGE_BYTES:
+            size += len(codec.dumps(item))
+            if page and size > self.limits.log_page_bytes:
                 break
             page.append(item)
         end = self.node.last_seq if upto is None else min(upto, self.node.last_seq)

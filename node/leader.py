@@ -1,15 +1,19 @@
-"""The leader: the only node that accepts writes.
+"""The leader: the only node that accepts writes. Wires ``node.core.leading`` to the log file,
+the peers' HTTP client and the IOLoop's timers.
 
-A write becomes a log entry with the next sequence number (no gaps, never reused: a restarted
-leader continues after the last entry of its log), is appended to the leader's log, applied to
-its state, and pushed to every follower. The client's answer waits for ``WRITE_QUORUM``
-follower confirmations and for the leader's own log to be durable, whichever is later.
+A write is numbered by the core, appended to the leader's log, applied to its state and handed
+to the core, which schedules it for every follower. The client's answer waits for the write's
+quorum Future (resolved when ``WRITE_QUORUM`` followers confirmed the entry durable) and for
+the leader's own log to be durable, whichever is later.
 
 The leader's log is synced when entries are shipped, not when they are written: under load
-writes arrive over several loop iterations while the follower channels gather them into one
-request (see ``node.replication``), and one sync per shipment instead of one per iteration
-keeps the loop free to take the rest. No follower holds an entry its leader could lose to a
-power cut for longer than one sync, as before; ``/log`` serves only durable entries.
+writes arrive over several loop iterations while the channels gather them into one request,
+and one sync per shipment instead of one per iteration keeps the loop free to take the rest.
+No follower holds an entry its leader could lose to a power cut for longer than one sync;
+``/log`` serves only durable entries.
+
+    leader = Leader(config, limits, log_file, entries)
+    outcome = await leader.write("set", "k", 1)     # WriteOutcome, or raises WriteTimeout
 """
 
 from __future__ import annotations
@@ -21,19 +25,22 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tornado.httpclient import HTTPResponse
+
+from node import codec, peers
 from node.config import Config
-from node.limits import REPLICATE_BODY_FACTOR
+from node.core.leading import LeaderCore, LeaderLogError, is_refusal
+from node.core.quorum import QuorumTimeout
+from node.core.shipping import Batch
+from node.limits import Limits
 from node.log import Entry, LogFile, encode_record, record_body
-from node.quorum import FollowerProgress, QuorumTimeout, QuorumTracker
-from node.replication import Replicator
 from node.store import Store
 from node.tasks import InFlight
+from node.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
-
-class LeaderLogError(Exception):
-    """The leader's own log is not a gap-free sequence 1..n."""
+__all__ = ["Leader", "LeaderLogError", "WriteOutcome", "WriteTimeout"]
 
 
 @dataclass
@@ -51,132 +58,131 @@ class WriteTimeout(QuorumTimeout):
         self.delays_ms = delays_ms
 
 
-class PendingWrite:
-    """Joins a write's two conditions, quorum and local durability, into one Future."""
-
-    __slots__ = ("entry", "delays", "future", "_waiting", "_timeout", "_error", "_writes", "_confirmations",
-                 "_log", "_record")
-
-    def __init__(self, entry: Entry, delays: dict[str, float], quorum: asyncio.Future,
-                 log_file: LogFile, record: int, writes: InFlight) -> None:
-        self.entry, self.delays = entry, delays
-        self.future = asyncio.get_running_loop().create_future()
-        self._waiting, self._timeout, self._error = 2, None, None
-        self._writes = writes
-        self._log, self._record = log_file, record
-        writes.started()
-        quorum.add_done_callback(self._quorum_done)
-
-    def _quorum_done(self, quorum: asyncio.Future) -> None:
-        # Usually already durable: the sync started when the entry was shipped.
-        if self._log.synced >= self._record:
-            self._one_done()
-        else:
-            self._log.sync_future(self._record).add_done_callback(self._durable_done)
-        error = quorum.exception()
-        if isinstance(error, QuorumTimeout):
-            self._timeout = WriteTimeout(error, self.delays)
-        elif error is not None:
-            self._error = error
-        else:
-            self._confirmations = quorum.result()
-        self._one_done()
-
-    def _durable_done(self, durable: asyncio.Future) -> None:
-        error = durable.exception() if not durable.cancelled() else asyncio.CancelledError()
-        if error is not None:
-            self._error = error
-        self._one_done()
-
-    def _one_done(self) -> None:
-        self._waiting -= 1
-        if self._waiting:
-            return
-        self._writes.finished()
-        if self.future.done():
-            return
-        if self._error is not None:
-            self.future.set_exception(self._error)
-        elif self._timeout is not None:
-            self.future.set_exception(self._timeout)
-        else:
-            self.future.set_result(WriteOutcome(self.entry, self._confirmations, self.delays))
-
-
 class Leader:
     role = "leader"
 
-    def __init__(self, config: Config, log_file: LogFile, entries: list[Entry]) -> None:
-        self.config = config
-        self.log = log_file
+    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry]) -> None:
+        self.config, self.limits, self.log = config, limits, log_file
+        try:
+            self.core = LeaderCore(
+                list(config.followers), config.write_quorum, config.write_timeout_ms,
+                config.min_delay_ms, config.max_delay_ms, linger_us=config.batch_linger_us,
+                max_batch_bytes=limits.max_batch_bytes, rng=random.Random(config.delay_seed), entries=entries)
+        except LeaderLogError as exc:
+            raise LeaderLogError(f"leader log {log_file.path} {exc}") from None
         self.store = Store()
-        self.entries: list[Entry] = []  # entries[i].seq == i + 1
-        self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
-        for entry in entries:
-            if entry.seq != len(self.entries) + 1:
-                raise LeaderLogError(
-                    f"leader log {log_file.path} jumps from seq {len(self.entries)} to {entry.seq}; "
-                    f"a leader log must hold every entry from 1 in order"
-                )
-            self.entries.append(entry)
+        for entry in self.core.entries:
             self.store.apply(entry)
-        self.tracker = QuorumTracker(config.write_quorum)
-        self.progress = {address: FollowerProgress(address) for address in config.followers}
+        self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
+        self.client = peers.make_client()
         self.writes = InFlight()
-        self.replicator = Replicator(
-            self.progress, config.min_delay_ms, config.max_delay_ms,
-            config.replication_secret, self.tracker.confirm, random.Random(config.delay_seed),
-            max_batch_bytes=REPLICATE_BODY_FACTOR * config.max_body_bytes, linger_us=config.batch_linger_us,
-            on_ship=log_file.start_sync,
-        )
-        if self.entries:
+        self._quorum_waiters: dict[int, asyncio.Future] = {}
+        self._wakeup = Wakeup(self._step)
+        self._step_planned = False
+        self._closed = False
+        if entries:
             log.info("replayed %d entries from %s; numbering continues at %d",
-                     len(self.entries), log_file.path, self.last_seq + 1)
+                     len(entries), log_file.path, self.last_seq + 1)
 
     @property
     def last_seq(self) -> int:
-        return len(self.entries)
+        return self.core.last_seq
 
     def start(self) -> None:
-        """Open the connections to the followers; followers pull what they missed by themselves."""
-        self.replicator.warm_up()
+        """Nothing to start: followers pull what they missed by themselves."""
 
-    async def submit(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
-        """Log, apply and replicate one operation; return once the quorum confirmed it."""
-        return await self.begin(op, key, value)
-
-    def begin(self, op: str, key: str | None, value: Any = None) -> asyncio.Future:
-        """Log, apply and start replicating one operation, synchronously; the returned Future
-        gives the WriteOutcome (or raises WriteTimeout) once the quorum confirmed the entry and
-        the leader's own log is durable, whichever is later.
-
-        No task and no await per write: at thousands of writes per second the leader's cost
-        per write is what bounds the whole cluster.
-        """
-        entry = Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=time.time())
-        # Numbered and appended in one go: entries reach the log in seq order.
+    async def write(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
+        """Log, apply and replicate one operation; return once the quorum confirmed it and the
+        leader's own log holds it durably. Raises WriteTimeout after WRITE_TIMEOUT (the entry
+        stays and keeps replicating)."""
+        entry = self.core.number(op, key, value, time.time())
         record = encode_record(entry)
-        self.log.append_record(record)
-        self.entries.append(entry)
+        self.log.append_record(record)  # numbered and appended in one go: the log is in seq order
         self.store.apply(entry)
-        quorum = self.tracker.expect(entry.seq, self.config.write_timeout_ms)
-        delays = self.replicator.replicate(entry.seq, record_body(record))
-        return PendingWrite(entry, delays, quorum, self.log, self.log.appended, self.writes).future
+        delays = self.core.append(entry, record_body(record), time.monotonic())
+        quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
+        self._plan_step()
+        with self.writes:
+            try:
+                confirmations = await quorum
+            except QuorumTimeout as timeout:
+                await self.durable_through(entry.seq)
+                raise WriteTimeout(timeout, delays) from None
+            await self.durable_through(entry.seq)
+        return WriteOutcome(entry, confirmations, delays)
 
     def durable_through(self, seq: int) -> asyncio.Future:
-        """Done once entries up to ``seq`` are durable in the leader's log."""
+        """Done once entries up to ``seq`` are durable in the leader's log (usually at once: the
+        sync started when they were shipped)."""
         return self.log.sync_future(max(0, seq - self.replayed))
 
-    def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
-        """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""
-        start = max(after, 0)
-        end = self.last_seq if upto is None else min(upto, self.last_seq)
-        return self.entries[start:max(start, min(end, start + limit))]
+    # --- the core's decisions, carried out ---------------------------------------------------
 
-    def note_follower_pull(self, node_id: str, applied_seq: int) -> None:
-        for progress in self.progress.values():
-            if progress.node_id == node_id:
-                progress.reported_applied(applied_seq)
+    def _plan_step(self) -> None:
+        """Ask the core what to do at the end of this loop iteration, so the writes of one
+        iteration share a request."""
+        if not self._step_planned:
+            self._step_planned = True
+            asyncio.get_running_loop().call_soon(self._step)
+
+    def _step(self) -> None:
+        self._step_planned = False
+        if self._closed:
+            return
+        ready = self.core.ready(time.monotonic())
+        for timeout in ready.timed_out:
+            self._resolve(timeout.seq, error=timeout)
+        if ready.sends:
+            self.log.start_sync()
+        for batch in ready.sends:
+            self._send(batch)
+        self._wakeup.arm(self.core.next_deadline())
+
+    def _send(self, batch: Batch) -> None:
+        body = b'{"entries":[' + b",".join(d.payload for d in batch.entries) + b"]}"
+        request = peers.replicate_request(batch.address, body, self.config.replication_secret)
+        self.client.fetch(request, raise_error=False).add_done_callback(
+            lambda done: self._answered(batch.address, done))
+
+    def _answered(self, address: str, done: asyncio.Future) -> None:
+        if self._closed:
+            return
+        now = time.monotonic()
+        error = done.exception()
+        response: HTTPResponse | None = None if error is not None else done.result()
+        if response is None:  # no HTTP answer: refused, reset, timed out
+            self.core.failed(address, str(error), now)
+        elif response.code == 200:
+            try:
+                answer = codec.loads(response.body)
+                applied, node_id = int(answer["applied_seq"]), answer.get("node_id")
+            except (ValueError, KeyError, TypeError):
+                self.core.failed(address, f"unreadable confirmation {response.body[:200]!r}", now)
+            else:
+                for seq, confirmations in self.core.answered(address, applied, node_id, now):
+                    self._resolve(seq, confirmations=confirmations)
+        elif is_refusal(response.code):
+            self.core.refused(address, f"HTTP {response.code}: {response.body[:300]!r}", now)
+        else:
+            self.core.failed(address, f"HTTP {response.code}: {(response.body or b'')[:200]!r}", now)
+        self._plan_step()
+
+    def _resolve(self, seq: int, confirmations: int = 0, error: Exception | None = None) -> None:
+        future = self._quorum_waiters.pop(seq, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(confirmations)
+        else:
+            future.set_exception(error)
+
+    # --- reads of the leader's state ---------------------------------------------------------
+
+    def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
+        return self.core.entries_between(after, upto, limit)
+
+    def note_follower_pull(self, node_id: str, after: int) -> None:
+        self.core.pulled(node_id, after)
 
     def status(self) -> dict:
         followers = {
@@ -189,24 +195,19 @@ class Leader:
                 "entries_sent": p.entries_sent,
                 "entries_per_request": round(p.entries_sent / p.requests, 2) if p.requests else None,
             }
-            for address, p in self.progress.items()
+            for address, p in self.core.progress.items()
         }
+        c = self.config
         return {
-            "role": self.role,
-            "node_id": self.config.node_id,
-            "last_seq": self.last_seq,
-            "applied_seq": self.store.applied_seq,
-            "keys": len(self.store.keys()),
-            "write_quorum": self.config.write_quorum,
-            "min_delay_ms": self.config.min_delay_ms,
-            "max_delay_ms": self.config.max_delay_ms,
-            "write_timeout_ms": self.config.write_timeout_ms,
-            "delay_seed": self.config.delay_seed,
-            "batch_linger_us": self.config.batch_linger_us,
-            "fsync": self.config.fsync,
-            "replications_in_flight": self.replicator.in_flight,
-            "followers": followers,
+            "role": self.role, "node_id": c.node_id, "last_seq": self.last_seq,
+            "applied_seq": self.store.applied_seq, "keys": len(self.store),
+            "write_quorum": c.write_quorum, "min_delay_ms": c.min_delay_ms, "max_delay_ms": c.max_delay_ms,
+            "write_timeout_ms": c.write_timeout_ms, "delay_seed": c.delay_seed,
+            "batch_linger_us": c.batch_linger_us, "fsync": c.fsync,
+            "replications_in_flight": self.core.in_flight, "followers": followers,
         }
+
+    # --- shutdown ----------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
         """Let writes in progress get their answer before shutting down."""
@@ -214,5 +215,11 @@ class Leader:
             log.warning("shutting down with %d writes still waiting for their quorum", self.writes.count)
 
     async def close(self) -> None:
-        await self.replicator.close()
+        self._closed = True
+        self._wakeup.cancel()
+        for seq in list(self._quorum_waiters):
+            self._resolve(seq, error=QuorumTimeout(seq, self.core.quorum.confirmations(seq),
+                                                   self.config.write_quorum, self.config.write_timeout_ms))
+        self.core.close()
+        self.client.close()
         self.log.close()

@@ -41,6 +41,9 @@ class Store:
     def __contains__(self, key: str) -> bool:
         return key in self._data
 
+    def __len__(self) -> int:
+        return len(self._data)
+
     def keys(self) -> list[str]:
         return sorted(self._data)
 

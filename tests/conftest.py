@@ -2,23 +2,7 @@
 
 import pytest
 
-from node.httpserver import HTTPServer
 from tests.inprocess import InProcessCluster
-
-
-@pytest.fixture
-def http_server(request, io_loop, _unused_port):
-    """pytest-tornado's server fixture, serving the ``app`` fixture with the nodes' own HTTP
-    server (node.httpserver) rather than Tornado's, so handler tests cover the real wire."""
-    server = HTTPServer(request.getfixturevalue(request.config.option.app_fixture))
-    io_loop.run_sync(lambda: server.add_sockets([_unused_port[0]]))
-
-    def stop() -> None:
-        server.stop()
-        io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
-
-    request.addfinalizer(stop)
-    return server
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
-"""The follower's ordering rules, without HTTP: durable on arrival, applied in sequence order."""
+"""The follower's adapter without HTTP: entries durable in its log on arrival, applied in
+sequence order, conflicts refused, across restarts (the rules alone: tests/core/)."""
 
 import pytest
 
+from node.app import open_node
 from node.config import load_config
-from node.follower import EntryConflict, Follower
-from node.log import Entry, LogFile, iter_entries
+from node.follower import EntryConflict
+from node.log import Entry, iter_entries
 
 
 def entry(seq, key=None, value=None, op="set"):
@@ -14,18 +16,17 @@ def entry(seq, key=None, value=None, op="set"):
 def make_follower(tmp_path):
     config = load_config({"REPLICATION_SECRET": "follower-secret", "ROLE": "follower", "NODE_ID": "f1",
                           "LEADER": "127.0.0.1:1", "DATA_DIR": str(tmp_path)})
-    log, entries = LogFile.open(config.data_dir, config.fsync)
-    return Follower(config, log, entries)
+    return open_node(config)
 
 
 @pytest.mark.gen_test
 async def test_early_entry_is_durable_but_waits_for_its_predecessors(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive(entry(3))
-    await follower.receive(entry(2))
+    await follower.accept([entry(3)])
+    await follower.accept([entry(2)])
     assert follower.store.applied_seq == 0 and follower.store.keys() == []
     assert [e.seq for e in iter_entries(follower.log.path)] == [3, 2]  # arrival order on disk
-    await follower.receive(entry(1))
+    await follower.accept([entry(1)])
     assert follower.store.applied_seq == 3
     assert follower.store.snapshot() == {"k1": 1, "k2": 2, "k3": 3}
 
@@ -37,7 +38,7 @@ async def test_state_is_always_a_prefix_the_leader_had(tmp_path):
     leader_states = [{"x": "a"}, {"x": "b"}, {}, {"x": "c"}]
     seen = []
     for e in [ops[3], ops[1], ops[0], ops[2]]:
-        await follower.receive(e)
+        await follower.accept([e])
         seen.append(follower.store.snapshot())
     assert all(state in [{}] + leader_states for state in seen)
     assert seen[-1] == {"x": "c"}
@@ -47,7 +48,7 @@ async def test_state_is_always_a_prefix_the_leader_had(tmp_path):
 async def test_duplicate_delivery_is_harmless(tmp_path):
     follower = make_follower(tmp_path)
     for e in [entry(1), entry(2), entry(1), entry(2), entry(2)]:
-        await follower.receive(e)
+        await follower.accept([e])
     assert follower.store.applied_seq == 2
     assert [e.seq for e in iter_entries(follower.log.path)] == [1, 2]
 
@@ -55,19 +56,19 @@ async def test_duplicate_delivery_is_harmless(tmp_path):
 @pytest.mark.gen_test
 async def test_different_entry_under_a_held_seq_is_a_conflict(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive(entry(2, "a", 1))
+    await follower.accept([entry(2, "a", 1)])
     with pytest.raises(EntryConflict, match="seq 2: the leader sent an entry that differs"):
-        await follower.receive(entry(2, "a", 999))
+        await follower.accept([entry(2, "a", 999)])
 
 
 @pytest.mark.gen_test
 async def test_a_different_entry_under_an_applied_seq_is_a_conflict_too(tmp_path):
     follower = make_follower(tmp_path)
     for seq in (1, 2):
-        await follower.receive(entry(seq))
-    await follower.receive(entry(1))  # the same entry again: harmless
+        await follower.accept([entry(seq)])
+    await follower.accept([entry(1)])  # the same entry again: harmless
     with pytest.raises(EntryConflict):
-        await follower.receive(Entry(1, "set", "other", "history", 99.0))
+        await follower.accept([Entry(1, "set", "other", "history", 99.0)])
     assert follower.store.snapshot() == {"k1": 1, "k2": 2}
     assert "leader's log was replaced" in follower.status()["last_conflict"]
 
@@ -75,20 +76,20 @@ async def test_a_different_entry_under_an_applied_seq_is_a_conflict_too(tmp_path
 @pytest.mark.gen_test
 async def test_conflicts_survive_a_restart(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive(entry(1))
+    await follower.accept([entry(1)])
     await follower.close()
     again = make_follower(tmp_path)
     with pytest.raises(EntryConflict):
-        await again.receive(Entry(1, "set", "k1", "new", 5.0))
+        await again.accept([Entry(1, "set", "k1", "new", 5.0)])
     await again.close()
 
 
 @pytest.mark.gen_test
 async def test_clear_applies_in_order(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive(Entry(2, "clear", None, None, 2.0))
-    await follower.receive(entry(3, "after"))
-    await follower.receive(entry(1, "before"))
+    await follower.accept([Entry(2, "clear", None, None, 2.0)])
+    await follower.accept([entry(3, "after")])
+    await follower.accept([entry(1, "before")])
     assert follower.store.snapshot() == {"after": 3}
 
 
@@ -96,11 +97,11 @@ async def test_clear_applies_in_order(tmp_path):
 async def test_restart_rebuilds_state_from_an_arrival_order_log(tmp_path):
     follower = make_follower(tmp_path)
     for seq in [2, 4, 1, 5]:
-        await follower.receive(entry(seq))
+        await follower.accept([entry(seq)])
     await follower.close()
     again = make_follower(tmp_path)
-    assert again.store.applied_seq == 2 and sorted(again.pending) == [4, 5]
-    await again.receive(entry(3))
+    assert again.store.applied_seq == 2 and sorted(again.core.pending) == [4, 5]
+    await again.accept([entry(3)])
     assert again.store.applied_seq == 5
     await again.close()
 
@@ -108,18 +109,18 @@ async def test_restart_rebuilds_state_from_an_arrival_order_log(tmp_path):
 @pytest.mark.gen_test
 async def test_a_batch_with_one_conflicting_entry_changes_nothing(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive_batch([entry(1), entry(2)])
+    await follower.accept([entry(1), entry(2)])
     appended_before = len(list(iter_entries(follower.log.path)))
     with pytest.raises(EntryConflict):
-        await follower.receive_batch([entry(3), entry(2, value="different"), entry(4)])
+        await follower.accept([entry(3), entry(2, value="different"), entry(4)])
     assert len(list(iter_entries(follower.log.path))) == appended_before
-    assert follower.store.applied_seq == 2 and follower.received_max == 2
+    assert follower.store.applied_seq == 2 and follower.core.received_max == 2
 
 
 @pytest.mark.gen_test
 async def test_a_batch_is_durable_and_applied_in_order_whatever_its_order(tmp_path):
     follower = make_follower(tmp_path)
-    await follower.receive_batch([entry(3), entry(1), entry(2), entry(1)])  # with a duplicate
+    await follower.accept([entry(3), entry(1), entry(2), entry(1)])  # with a duplicate
     assert follower.store.applied_seq == 3
     assert [e.seq for e in iter_entries(follower.log.path)] == [3, 1, 2]
 
@@ -129,8 +130,8 @@ async def test_a_stopping_follower_refuses_new_entries_and_keeps_what_it_has(tmp
     from node.follower import ShuttingDown
 
     follower = make_follower(tmp_path)
-    await follower.receive_batch([entry(1)])
+    await follower.accept([entry(1)])
     await follower.drain(1.0)
     with pytest.raises(ShuttingDown, match="shutting down"):
-        await follower.receive_batch([entry(2)])
+        await follower.accept([entry(2)])
     assert [e.seq for e in iter_entries(follower.log.path)] == [1]

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from node.app import make_server_delegate, open_node
+from node.app import make_app, open_node
 from node.config import load_config
-from node.quorum import QuorumTimeout
+from node.core.quorum import QuorumTimeout
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def node(tmp_path):
 
 @pytest.fixture
 def app(node):
-    return make_server_delegate(node)  # what nodes serve: lean paths in front of the Application
+    return make_app(node)
 
 
 async def call(http_client, base_url, method, path, body=None, headers=None):
@@ -62,7 +62,7 @@ async def test_bad_write_is_rejected_and_changes_nothing(http_client, base_url, 
 
 @pytest.mark.gen_test
 async def test_deeply_nested_value_is_rejected(http_client, base_url, node):
-    node.config = dataclasses.replace(node.config, max_body_bytes=1 << 20)
+    node.limits = dataclasses.replace(node.limits, max_body_bytes=1 << 20)
     body = b'{"key": "a", "value": ' + b"[" * 50000 + b"]" * 50000 + b"}"
     code, answer = await call(http_client, base_url, "POST", "/write", body)
     assert code == 400 and "nested too deeply" in answer["error"]
@@ -105,7 +105,7 @@ async def test_unreachable_followers_time_out_with_counts(http_client, base_url,
     assert "0 of 1 required" in answer["error"] and "stays in the leader's log" in answer["error"]
     # The entry is logged and applied on the leader and keeps replicating in the background.
     assert node.last_seq == 1 and node.store.get("a") == (1, 1)
-    await node.replicator.close()
+    await node.close()
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_cl
 
     node.log._inline_sync = False  # the held sync must not hold the event loop too
     monkeypatch.setattr(os, "fsync", held_fsync)
-    write = node.begin("set", "a", 1)  # shipped at once (to nowhere): the leader's sync starts
+    write = asyncio.ensure_future(node.write("set", "a", 1))  # shipped at once (to nowhere): the sync starts
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, entered.wait, 5)
     pull = asyncio.ensure_future(call(http_client, base_url, "GET", "/log?after=0",
@@ -158,4 +158,4 @@ async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_cl
     assert code == 200 and [e["seq"] for e in answer["entries"]] == [1]
     with pytest.raises(QuorumTimeout):
         await write  # no follower answered: the write itself times out (504 over HTTP)
-    await node.replicator.close()
+    await node.close()

@@ -9,7 +9,7 @@ from openapi_spec_validator import validate
 from tornado.web import RequestHandler
 
 from node import handlers
-from node.app import make_server_delegate, open_node, routes
+from node.app import make_app, open_node, routes
 from node.config import load_config
 
 SPEC_BYTES = Path(handlers.OPENAPI_PATH).read_bytes()
@@ -169,7 +169,7 @@ def node(request, tmp_path, io_loop):
 
 @pytest.fixture
 def app(node):
-    return make_server_delegate(node)  # what nodes serve: lean paths in front of the Application
+    return make_app(node)
 
 
 @pytest.mark.gen_test

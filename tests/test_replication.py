@@ -142,11 +142,12 @@ async def test_graceful_leader_stop_lets_writes_in_progress_get_their_answer(mak
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_catch_up_pages_through_a_long_log(make_cluster, monkeypatch):
-    from node import handlers
+async def test_catch_up_pages_through_a_long_log(make_cluster):
+    import dataclasses
 
-    monkeypatch.setattr(handlers, "LOG_PAGE_BYTES", 300)  # about two entries a page
     async with make_cluster(MAX_DELAY="5") as cluster:
+        leader = cluster.nodes["leader"]
+        leader.limits = dataclasses.replace(leader.limits, log_page_bytes=300)  # about two entries a page
         await cluster.stop("follower1")
         for i in range(15):
             await cluster.write(f"k{i}", "x" * 50)
@@ -191,20 +192,21 @@ async def test_delay_seed_repeats_the_same_draws(make_cluster):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_no_retry_storm_against_a_follower_that_is_down(make_cluster, monkeypatch):
-    from node import replication
+    from node.core import shipping
 
-    monkeypatch.setattr(replication, "DOWN_AFTER_S", 0.2)
+    monkeypatch.setattr(shipping, "DOWN_AFTER_S", 0.2)
     async with make_cluster(MAX_DELAY="5") as cluster:
         await cluster.stop("follower4")
         for i in range(20):
             await cluster.write(f"k{i}", i)
-        replicator = cluster.nodes["leader"].replicator
         # Without the rule each send to follower4 would go on retrying for RETRY_WINDOW_S (30 s).
         deadline = asyncio.get_running_loop().time() + 5
-        while replicator.in_flight and asyncio.get_running_loop().time() < deadline:
+        while True:
+            _, status = await cluster.request("leader", "GET", "/status")
+            if status["replications_in_flight"] == 0 or asyncio.get_running_loop().time() > deadline:
+                break
             await asyncio.sleep(0.05)
-        assert replicator.in_flight == 0
-        _, status = await cluster.request("leader", "GET", "/status")
+        assert status["replications_in_flight"] == 0
         assert status["followers"][cluster.address("follower4")]["last_error"]
         await cluster.start("follower4")  # back: it pulls everything it missed
         await cluster.settled()
@@ -274,79 +276,49 @@ async def test_a_value_nested_to_the_limit_replicates_inside_a_batch(make_cluste
         assert all(f["entries_per_request"] >= 1 and f["last_error"] is None for f in status["followers"].values())
 
 
-@pytest.mark.parametrize("precise", [True, False], ids=["timerfd", "loop-timers"])
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_no_entry_falls_due_before_its_own_delay(loop_kind, precise, monkeypatch):
-    """uvloop's own timers can fire up to about a millisecond early; the channel must not,
-    with the timerfd or without it."""
+def test_no_entry_is_sent_before_its_own_delay(loop_kind):
+    """The loop's timers can fire early (uvloop's by up to about a millisecond); the leader's
+    wakeup re-arms them, and the core releases nothing before its drawn time."""
     import random
     import time
 
     import uvloop
 
-    from node import timers
-    from node.quorum import FollowerProgress
-    from node.replication import FollowerChannel
-
-    if not precise:
-        monkeypatch.setattr(timers, "_TIMERFD", None)
+    from node.core.leading import LeaderCore
+    from node.log import Entry
+    from node.wakeup import Wakeup
 
     async def scenario():
-        delay_timers = timers.DelayTimers()
-        assert delay_timers.precise == precise
-        channel = FollowerChannel(FollowerProgress("127.0.0.1:9"), "secret", lambda seq, f: None, 1 << 20)
-        channel.timers = delay_timers
-        pushed, fell_due = {}, {}
-        channel._make_due = lambda seq, body: fell_due.__setitem__(seq, time.monotonic())
-        rng = random.Random(7)
+        core = LeaderCore(["f1"], quorum=1, timeout_ms=60_000, min_delay_ms=0.5, max_delay_ms=20,
+                          rng=random.Random(7))
+        due, sent = {}, {}
+
+        def step():
+            now = time.monotonic()
+            for batch in core.ready(now).sends:
+                for d in batch.entries:
+                    sent[d.seq] = now
+                core.answered("f1", 0, "f1", now)
+            wakeup.arm(core.next_deadline())
+
+        wakeup = Wakeup(step)
         for seq in range(1, 301):
-            delay = rng.uniform(0.0005, 0.02)
-            pushed[seq] = (time.monotonic(), delay)
-            channel.push(seq, b"{}", delay)
-            busy_until = time.perf_counter() + 0.0002  # some work between pushes, as in a busy leader
+            now = time.monotonic()
+            delay_ms = core.append(Entry(seq, "set", "k", seq, 0.0), b"{}", now)["f1"]
+            due[seq] = now + delay_ms / 1000
+            wakeup.arm(core.next_deadline())
+            busy_until = time.perf_counter() + 0.0002  # some work between writes, as in a busy leader
             while time.perf_counter() < busy_until:
                 pass
             if seq % 10 == 0:
                 await asyncio.sleep(0.001)
-        while len(fell_due) < len(pushed):
+        deadline = time.monotonic() + 10
+        while len(sent) < len(due) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        delay_timers.close()
-        return [fell_due[seq] - at - delay for seq, (at, delay) in pushed.items()]
+        return [sent[seq] - due[seq] for seq in due if seq in sent]
 
     runner = uvloop.run if loop_kind == "uvloop" else asyncio.run
     lateness = runner(scenario())
     assert len(lateness) == 300
-    assert min(lateness) >= 0, f"an entry fell due {-min(lateness) * 1000:.3f} ms before its delay"
-
-
-def test_delay_timers_fire_in_due_order_and_survive_a_failing_callback():
-    import time
-
-    from node.timers import DelayTimers
-
-    async def scenario():
-        timers = DelayTimers()
-        fired = []
-        now = time.monotonic()
-        timers.call_at(now + 0.015, lambda: 1 / 0)  # logged; the others still fire
-        for label, offset in [("c", 0.03), ("a", 0.01), ("b", 0.02), ("a2", 0.01)]:
-            timers.call_at(now + offset, fired.append, label)
-        while len(fired) < 4:
-            await asyncio.sleep(0.005)
-        timers.close()
-        return fired
-
-    assert asyncio.run(scenario()) == ["a", "a2", "b", "c"]
-
-
-@pytest.mark.gen_test(timeout=30)
-async def test_the_leader_connects_to_its_followers_before_the_first_write(make_cluster):
-    async with make_cluster() as cluster:
-        connections = [channel.connection for channel in cluster.nodes["leader"].replicator.channels]
-        deadline = asyncio.get_running_loop().time() + 5
-        while any(c.connects == 0 for c in connections) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert [c.connects for c in connections] == [1] * 5  # no write yet: opened at start
-        await cluster.write("k", 1)
-        assert [c.connects for c in connections] == [1] * 5  # and the writes use them
-        await cluster.settled()
+    assert min(lateness) >= 0, f"an entry was sent {-min(lateness) * 1000:.3f} ms before its delay"

@@ -1,0 +1,145 @@
+"""The leader's rules: number each write, keep the entries, schedule them for every follower,
+and decide when each write is acknowledged or timed out.
+
+Events in, decisions out (as etcd's raft's ``Step`` and ``Ready``):
+
+- :meth:`LeaderCore.append` numbers a new entry and draws its delay to each follower;
+- :meth:`LeaderCore.answered` / :meth:`failed` / :meth:`refused` report a request's fate,
+  ``answered`` returning the writes it completed;
+- :meth:`LeaderCore.ready` at time ``now`` returns the requests to send and the writes that
+  timed out; :meth:`next_deadline` says when to call it again if nothing else happens.
+
+    core = LeaderCore(["f1:8000"], quorum=1, timeout_ms=1000, min_delay_ms=0, max_delay_ms=0)
+    entry = core.number("set", "k", 1, ts=0.0)
+    core.append(entry, payload=b"...", now=0.0)     # {"f1:8000": 0.0}: the delay drawn
+    ready = core.ready(now=0.0)                      # ready.sends: [Batch(f1:8000, [1])]
+    core.answered("f1:8000", applied_seq=1, node_id="f1", now=0.001)   # [(1, 1)]: acknowledged
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.core.progress import FollowerProgress
+from node.core.quorum import QuorumTimeout, WriteQuorum
+from node.core.shipping import Batch, FollowerChannel
+from node.log import Entry
+
+
+class LeaderLogError(Exception):
+    """The leader's own log is not a gap-free sequence 1..n."""
+
+
+@dataclass
+class Ready:
+    """What the leader must do now: send these requests, fail these writes."""
+
+    sends: list[Batch] = field(default_factory=list)
+    timed_out: list[QuorumTimeout] = field(default_factory=list)
+
+
+def is_refusal(status: int) -> bool:
+    """A 4xx answer is the follower's verdict on the entries (no retry), except 408 and 429,
+    which only say "not now"."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+class LeaderCore:
+    """Numbering, the entries (``entries[i].seq == i + 1``), one channel per follower, the quorum.
+
+    Delays are drawn from ``rng`` (seeded by ``DELAY_SEED`` for repeatable studies): one draw
+    per follower per entry, in the order of ``followers``.
+    """
+
+    def __init__(self, followers: list[str], quorum: int, timeout_ms: int, min_delay_ms: float,
+                 max_delay_ms: float, linger_us: int = 0, max_batch_bytes: int = 1 << 20,
+                 rng: random.Random | None = None, entries: list[Entry] = ()) -> None:
+        self.entries: list[Entry] = []
+        for entry in entries:
+            if entry.seq != len(self.entries) + 1:
+                raise LeaderLogError(f"jumps from seq {len(self.entries)} to {entry.seq}; "
+                                     f"a leader log must hold every entry from 1 in order")
+            self.entries.append(entry)
+        self.min_delay_ms, self.max_delay_ms = min_delay_ms, max_delay_ms
+        self.rng = rng or random.Random()
+        self.progress = {address: FollowerProgress(address) for address in followers}
+        self.channels = {address: FollowerChannel(p, max_batch_bytes, linger_us / 1e6)
+                         for address, p in self.progress.items()}
+        self.quorum = WriteQuorum(quorum, timeout_ms)
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.entries)
+
+    @property
+    def in_flight(self) -> int:
+        """Entries some follower has not confirmed or been given up on yet."""
+        return sum(len(channel) for channel in self.channels.values())
+
+    def number(self, op: str, key: str | None, value: Any, ts: float) -> Entry:
+        """The next entry: numbered after the last one, gap-free."""
+        return Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=ts)
+
+    def append(self, entry: Entry, payload: Any, now: float) -> dict[str, float]:
+        """Take ``entry`` (from :meth:`number`, already in the leader's log) and schedule its
+        ``payload`` for every follower; return the delay (ms) drawn for each."""
+        if entry.seq != self.last_seq + 1:
+            raise ValueError(f"entry seq {entry.seq} appended after {self.last_seq}")
+        self.entries.append(entry)
+        self.quorum.expect(entry.seq, now)
+        delays = {}
+        uniform, low, high = self.rng.uniform, self.min_delay_ms, self.max_delay_ms
+        for address, channel in self.channels.items():
+            delay = uniform(low, high)
+            delays[address] = round(delay, 3)
+            channel.push(entry.seq, payload, now + delay / 1000)
+        return delays
+
+    def ready(self, now: float) -> Ready:
+        ready = Ready(timed_out=self.quorum.expire(now))
+        for channel in self.channels.values():
+            batch = channel.poll(now)
+            if batch is not None:
+                ready.sends.append(batch)
+        return ready
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (c.next_deadline() for c in self.channels.values()) if t is not None]
+        quorum_deadline = self.quorum.next_deadline()
+        if quorum_deadline is not None:
+            times.append(quorum_deadline)
+        return min(times) if times else None
+
+    def answered(self, address: str, applied_seq: int, node_id: str | None, now: float) -> list[tuple[int, int]]:
+        """The follower at ``address`` confirmed its request; the writes this acknowledged, as
+        (seq, confirmations)."""
+        acknowledged = []
+        for seq in self.channels[address].answered(applied_seq, node_id, now):
+            confirmations = self.quorum.confirm(seq, address)
+            if confirmations is not None:
+                acknowledged.append((seq, confirmations))
+        return acknowledged
+
+    def failed(self, address: str, error: str, now: float) -> None:
+        self.channels[address].failed(error, now)
+
+    def refused(self, address: str, error: str, now: float) -> None:
+        self.channels[address].refused(error, now)
+
+    def pulled(self, node_id: str, after: int) -> None:
+        """A follower asked for the entries after ``after``: it holds everything up to it."""
+        for progress in self.progress.values():
+            if progress.node_id == node_id:
+                progress.reported_applied(after)
+
+    def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
+        """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""
+        start = max(after, 0)
+        end = self.last_seq if upto is None else min(upto, self.last_seq)
+        return self.entries[start:max(start, min(end, start + limit))]
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
