@@ -123,6 +123,8 @@ class FollowerChannel:
     def answered(self, applied_seq: int, node_id: str | None, now: float) -> list[int]:
         """The follower confirmed the request out; the seqs it confirmed durable."""
         batch, self.out = self.out, None
+        if batch is None:  # no request out: nothing to confirm
+            return []
         progress = self.progress
         if progress.recovered():
             log.info("follower %s reachable again", progress.address)
@@ -138,6 +140,8 @@ class FollowerChannel:
     def refused(self, error: str, now: float) -> None:
         """The follower refused the request (a 4xx): its verdict, so no retry."""
         batch, self.out = self.out, None
+        if batch is None:
+            return
         self.progress.last_error = f"refused seq {batch.seqs[0]}..{batch.seqs[-1]} with {error}"
         log.error("%s %s", self.progress.address, self.progress.last_error)
         self.backoff_s = INITIAL_BACKOFF_S
@@ -146,6 +150,8 @@ class FollowerChannel:
         """The request got no usable answer: put its entries back (unless the follower is down
         or they are too old) and hold the channel for the backoff."""
         batch, self.out = self.out, None
+        if batch is None:
+            return
         if self.progress.failed(error, now):
             log.warning("replication to %s failing: %s; it will pull missed entries from /log when back",
                         self.progress.address, error)
@@ -169,6 +175,8 @@ class FollowerChannel:
 
     def _take_batch(self) -> list[Due]:
         """The due entries in order, as many as fit one request (always at least one)."""
+        while len(self.due) > 1 and self.due[0].seq <= self.progress.match:
+            self.due.popleft()  # the follower reported it holds these already (a pull, an answer)
         batch = [self.due.popleft()]
         size = len(batch[0].payload)
         while self.due and size + len(self.due[0].payload) + 1 <= self.max_batch_bytes:
