@@ -1,9 +1,15 @@
 """The replication log: an append-only file of checksummed entries, one per line.
 
-File layout::
+File layout (format version 2)::
 
-    #kvlog 1\\n                         header: format name and version
-    3a1f09c2 {"key":"x","op":"set",...}\\n   CRC-32 of the JSON bytes, a space, the JSON
+    #kvlog 2\\n                                          header: format name and version
+    3a1f09c2 {"key":"x","op":"set","seq":7,"term":2,...}\\n   CRC-32 of the JSON bytes, a space, the JSON
+
+Version 2 records carry the term of the leader that assigned the entry's seq; version 1 records
+(``#kvlog 1``, written by builds that predate terms) have no term. A node that opens a version 1
+log reads its records as term 1 and rewrites the file as version 2 before it appends anything,
+through a temporary file renamed over the old one, so a crash leaves one whole file or the
+other. A version this build does not know (a newer build's) is refused rather than guessed at.
 
 The leader's log holds entries in sequence order. A follower's log holds them in the order
 they *arrived* (each send has its own random delay, so arrival order is not sequence order);
@@ -25,9 +31,11 @@ as it gets slower, so the loop never waits long on the disk; ``always`` syncs in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import stat
 import time
 import zlib
 from array import array
@@ -40,24 +48,46 @@ from node import codec
 
 log = logging.getLogger(__name__)
 
-HEADER = b"#kvlog 1\n"
+VERSION = 2  # the format this build writes
+READS_VERSIONS = (1, 2)  # the formats it reads; 1 is upgraded on open
+HEADER_PREFIX = b"#kvlog "
+HEADER = HEADER_PREFIX + b"%d\n" % VERSION
 OPS = ("set", "delete", "clear")
 LOG_FILE_NAME = "replication.log"
+UPGRADE_SUFFIX = ".upgrade"  # the converted log is written here, then renamed over the old one
 # Group-commit fsyncs run on the event loop while they average less than this, else in the
 # sync thread: a quick fsync costs less than handing it to a thread and back.
 INLINE_SYNC_MAX_S = 0.002
 
 
 class LogCorruptError(Exception):
-    """A record in the middle of a log fails its checksum or cannot be parsed."""
+    """A record in the middle of a log fails its checksum or cannot be parsed, or the file is
+    not a kvlog file at all."""
 
-    def __init__(self, path: str, offset: int, reason: str):
+    def __init__(self, path: str, offset: int, reason: str, message: str | None = None):
         self.path, self.offset, self.reason = path, offset, reason
-        super().__init__(
+        super().__init__(message or (
             f"log {path} is damaged at byte offset {offset}: {reason}. The node will not serve "
             f"from a damaged log; move the file aside (e.g. mv {path} {path}.damaged) and restart: "
             f"a follower then fetches every entry again from the leader"
-        )
+        ))
+
+
+class LogVersionError(LogCorruptError):
+    """A log in a format version this build does not read, most likely written by a newer build.
+
+    A subclass of LogCorruptError so that everything refusing a damaged log refuses this too,
+    with advice that fits: the file is not damaged, this build is too old for it.
+    """
+
+    def __init__(self, path: str, seen: str):
+        self.seen = seen
+        reads = ", ".join(str(v) for v in READS_VERSIONS)
+        super().__init__(path, 0, f"format version {seen} is not one this build reads ({reads})", (
+            f"log {path} is in kvlog format version {seen}; this build reads versions {reads}. Start the "
+            f"node with the build that wrote it, or move the file aside (e.g. mv {path} {path}.v{seen}) "
+            f"and restart: a follower then fetches every entry again from the leader"
+        ))
 
 
 class EntryError(ValueError):
@@ -66,16 +96,20 @@ class EntryError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One replicated operation. ``seq`` orders it; ``ts`` is informational only."""
+    """One replicated operation. ``seq`` orders it; ``ts`` is informational only; ``term`` is
+    the term of the leader that assigned ``seq`` (last, with a default, so that entries built
+    by position before terms existed still build, as term 1)."""
 
     seq: int
     op: str
     key: str | None
     value: Any
     ts: float
+    term: int = 1
 
     def to_dict(self) -> dict:
-        return {"seq": self.seq, "op": self.op, "key": self.key, "value": self.value, "ts": self.ts}
+        return {"seq": self.seq, "op": self.op, "key": self.key, "value": self.value, "ts": self.ts,
+                "term": self.term}
 
     @classmethod
     def from_dict(cls, data: Any) -> Entry:
@@ -94,7 +128,10 @@ class Entry:
             raise EntryError(f"entry key must be a non-empty string for op {op!r}")
         if not isinstance(ts, (int, float)) or isinstance(ts, bool):
             raise EntryError(f"entry ts must be a number, got {ts!r}")
-        return cls(seq=seq, op=op, key=key, value=data["value"], ts=float(ts))
+        term = data.get("term", 1)  # absent: sent by a node that predates terms
+        if type(term) is not int or term < 1:
+            raise EntryError(f"entry term must be an integer >= 1, got {term!r}")
+        return cls(seq=seq, op=op, key=key, value=data["value"], ts=float(ts), term=term)
 
 
 def _canonical(entry: Entry) -> bytes:
@@ -113,7 +150,7 @@ def record_body(record: bytes) -> bytes:
 
 def record_fingerprint(record: bytes) -> int:
     """A non-zero 32-bit digest of an encoded record (its checksum), to tell a redelivery
-    from a different entry under the same seq."""
+    from a different entry under the same seq (a different term makes a different entry)."""
     return int(record[:8], 16) % 0xFFFFFFFF + 1
 
 
@@ -149,17 +186,50 @@ class Fingerprints:
             self._sparse[seq] = value
 
 
-def _decode_record(line: bytes) -> Entry:
-    """Parse one record line (without its newline); raise ValueError when damaged."""
+def _decode_record(line: bytes, version: int = VERSION) -> Entry:
+    """Parse one record line (without its newline) of a log in ``version``; raise ValueError
+    when damaged."""
     crc_hex, sep, body = line.partition(b" ")
     if not sep or len(crc_hex) != 8:
         raise ValueError("record has no checksum field")
     if int(crc_hex, 16) != zlib.crc32(body):
         raise ValueError("checksum mismatch")
     try:
-        return Entry.from_dict(json.loads(body))
+        data = json.loads(body)
+        _check_term_field(data, version)
+        return Entry.from_dict(data)
     except (json.JSONDecodeError, UnicodeDecodeError, EntryError) as exc:
         raise ValueError(f"record does not parse: {exc}") from None
+
+
+def _check_term_field(data: Any, version: int) -> None:
+    """Hold a record to its file's version: Entry.from_dict reads a missing term as 1, which is
+    right for a version 1 record but would hide a version 2 record that lost its term."""
+    if not isinstance(data, dict):
+        return  # from_dict says what is wrong
+    if version >= 2 and "term" not in data:
+        raise EntryError(f"a version {version} record must carry a term")
+    if version == 1 and "term" in data:
+        raise EntryError(f"a version 1 record carries no term, got term {data['term']!r}")
+
+
+def _read_header(path: str, data: bytes) -> tuple[int | None, int]:
+    """The format version a log declares and the offset of its first record.
+
+    ``(None, 0)`` when the file is a header cut short by a crash: nothing was written after it.
+    """
+    line_end = data.find(b"\n")
+    first = data if line_end == -1 else data[:line_end + 1]
+    for version in READS_VERSIONS:
+        if first == HEADER_PREFIX + b"%d\n" % version:
+            return version, len(first)
+    if any((HEADER_PREFIX + b"%d\n" % version).startswith(data) for version in READS_VERSIONS):
+        return None, 0
+    seen = first[len(HEADER_PREFIX):-1]
+    if line_end != -1 and first.startswith(HEADER_PREFIX) and seen.isdigit():
+        raise LogVersionError(path, seen.decode())
+    raise LogCorruptError(path, 0, f"missing header: the file starts with {data[:16]!r}, not with "
+                                   f"{HEADER_PREFIX.decode()}<version>; not a kvlog file")
 
 
 @dataclass(frozen=True)
@@ -168,38 +238,51 @@ class Record:
     entry: Entry
 
 
-def scan(path: str) -> tuple[list[Record], int, str | None]:
-    """Read every record of a log file.
+@dataclass(frozen=True)
+class LogScan:
+    """What :func:`read_log` found in a log file."""
 
-    Returns ``(records, good_end, torn_reason)``: ``good_end`` is the byte offset after the
-    last good record; ``torn_reason`` says why the tail after it was dropped (None if clean).
-    Raises LogCorruptError for damage before the last record.
+    records: list[Record]
+    good_end: int  # byte offset after the last good record
+    torn: str | None  # why the tail after ``good_end`` was dropped; None if clean
+    version: int | None  # the format version in the header; None if the header itself is torn
+
+
+def read_log(path: str) -> LogScan:
+    """Read every record of a log file of any version this build reads, changing nothing.
+
+    Raises LogCorruptError for damage before the last record, LogVersionError for a format
+    version this build does not read.
     """
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(HEADER):
-        if HEADER.startswith(data):  # crashed while writing the header itself
-            return [], 0, "incomplete header"
-        raise LogCorruptError(path, 0, f"missing header {HEADER!r}; not a kvlog version 1 file")
+    version, offset = _read_header(path, data)
+    if version is None:  # crashed while writing the header itself
+        return LogScan([], 0, "incomplete header", None)
     records: list[Record] = []
-    offset = len(HEADER)
     while offset < len(data):
         end = data.find(b"\n", offset)
         if end == -1:
-            return records, offset, "last record has no end of line (torn write)"
+            return LogScan(records, offset, "last record has no end of line (torn write)", version)
         try:
-            records.append(Record(offset, _decode_record(data[offset:end])))
+            records.append(Record(offset, _decode_record(data[offset:end], version)))
         except ValueError as exc:
             if end + 1 == len(data):
-                return records, offset, f"last record is damaged ({exc})"
+                return LogScan(records, offset, f"last record is damaged ({exc})", version)
             raise LogCorruptError(path, offset, str(exc)) from None
         offset = end + 1
-    return records, offset, None
+    return LogScan(records, offset, None, version)
+
+
+def scan(path: str) -> tuple[list[Record], int, str | None]:
+    """:func:`read_log` as the tuple ``(records, good_end, torn_reason)``, for callers that
+    do not care about the format version."""
+    found = read_log(path)
+    return found.records, found.good_end, found.torn
 
 
 def iter_entries(path: str) -> Iterator[Entry]:
-    records, _, _ = scan(path)
-    return (r.entry for r in records)
+    return (r.entry for r in read_log(path).records)
 
 
 class LogFile:
@@ -234,9 +317,12 @@ class LogFile:
         records: list[Record] = []
         good_end = 0
         if os.path.exists(path):
-            records, good_end, torn = scan(path)
-            if torn:
-                log.warning("log %s: dropping torn tail at offset %d: %s", path, good_end, torn)
+            found = read_log(path)  # raises on damage before anything is changed
+            records, good_end = found.records, found.good_end
+            if found.torn:
+                log.warning("log %s: dropping torn tail at offset %d: %s", path, good_end, found.torn)
+            if found.version == 1:
+                good_end = _upgrade_v1(path, records)
         f = open(path, "r+b" if os.path.exists(path) else "w+b")
         if good_end == 0:
             f.truncate(0)
@@ -390,6 +476,31 @@ class LogFile:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def _upgrade_v1(path: str, records: list[Record]) -> int:
+    """Rewrite a version 1 log as version 2 and return its new size.
+
+    Atomic: the converted log is written and synced to a temporary file in the same directory,
+    then renamed over the old one, and the directory synced. A crash leaves either the old log
+    (upgraded again on the next open, overwriting the temporary file) or the new one, whole.
+    """
+    data = HEADER + b"".join(encode_record(r.entry) for r in records)
+    temporary = path + UPGRADE_SUFFIX
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))  # the log keeps its permissions
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    _fsync_dir(os.path.dirname(path))
+    log.info("log %s: upgraded from format version 1 to %d: %d records, read as term 1", path, VERSION, len(records))
+    return len(data)
 
 
 def _timed_fsync(fd: int) -> float:

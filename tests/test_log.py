@@ -34,7 +34,7 @@ def test_file_starts_with_versioned_header(tmp_path):
     log, _ = LogFile.open(str(tmp_path), "off")
     log.append(entry(1))
     log.close()
-    assert (tmp_path / LOG_FILE_NAME).read_bytes().startswith(b"#kvlog 1\n")
+    assert (tmp_path / LOG_FILE_NAME).read_bytes().startswith(b"#kvlog 2\n")
 
 
 @pytest.mark.parametrize("cut", [1, 5, 12, -2, -1])

@@ -4,6 +4,7 @@ import pytest
 
 from node import logtool
 from node.log import HEADER, LOG_FILE_NAME, Entry, encode_record
+from tests.test_log_versions import v1_log
 
 
 def make_log(path, entries, tail=b""):
@@ -55,3 +56,56 @@ def test_damaged_log_exits_2_naming_the_offset(tmp_path, capsys):
 def test_compare_needs_two_logs(tmp_path):
     with pytest.raises(SystemExit):
         logtool.main(["compare", make_log(tmp_path / "l", [e(1)])])
+
+
+def make_v1_log(path, entries):
+    """A version 1 log (no terms) as builds before terms wrote it."""
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / LOG_FILE_NAME
+    file.write_bytes(v1_log([(x.seq, x.op, x.key, x.value, x.ts) for x in entries]))
+    return str(file)
+
+
+def test_show_prints_the_term_of_each_entry(tmp_path, capsys):
+    path = make_log(tmp_path / "l", [e(1), Entry(2, "set", "k2", 2, 2.0, term=5)])
+    assert logtool.main(["show", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "seq=1 " in lines[0] and "term=1 " in lines[0]
+    assert "seq=2 " in lines[1] and "term=5 " in lines[1]
+
+
+def test_verify_reports_the_format_version(tmp_path, capsys):
+    v2 = make_log(tmp_path / "l", [e(1)])
+    v1 = make_v1_log(tmp_path / "f", [e(1)])
+    assert logtool.main(["verify", v2, v1]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{v2}: format version 2, 1 records, checksums ok, seq 1..1"
+    assert out[1].startswith(f"{v1}: format version 1 (read as term 1; a node upgrades it to 2 when it opens it), 1 records")
+
+
+def test_v1_and_v2_logs_with_the_same_entries_compare_equal_and_the_v1_log_is_not_upgraded(tmp_path, capsys):
+    v2 = make_log(tmp_path / "l", [e(1), e(2), e(3)])
+    v1 = make_v1_log(tmp_path / "f", [e(3), e(1), e(2)])
+    before = open(v1, "rb").read()
+    assert logtool.compare_logs([v2, v1])["equal"] and logtool.compare_logs([v1, v2])["equal"]
+    assert logtool.main(["compare", v2, v1]) == 0
+    assert "equal (3 entries, format version 1" in capsys.readouterr().out
+    assert logtool.main(["show", v1]) == 0 and logtool.main(["verify", v1]) == 0
+    assert open(v1, "rb").read() == before
+
+
+def test_compare_reports_an_entry_with_another_term_as_different(tmp_path, capsys):
+    leader = make_log(tmp_path / "l", [e(1), Entry(2, "set", "k2", 2, 2.0, term=2)])
+    v2 = make_log(tmp_path / "f", [e(1), e(2)])
+    v1 = make_v1_log(tmp_path / "g", [e(1), e(2)])
+    logs = logtool.compare_logs([leader, v2, v1])["logs"]
+    assert [(item["equal"], item["different"]) for item in logs] == [(False, [2]), (False, [2])]
+    assert logtool.main(["compare", leader, v2]) == 1
+    assert "different: 1 seq(s), first [2]" in capsys.readouterr().out
+
+
+def test_unknown_version_exits_2_naming_it(tmp_path, capsys):
+    path = tmp_path / LOG_FILE_NAME
+    path.write_bytes(b"#kvlog 3\n" + encode_record(e(1)))
+    assert logtool.main(["verify", str(path)]) == 2
+    assert "format version 3; this build reads versions 1, 2" in capsys.readouterr().err
