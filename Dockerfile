@@ -49,5 +49,5 @@ USER kv
 EXPOSE 8000
 # No curl in the image: bash's /dev/tcp probes /health without starting an interpreter.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD bash -c 'exec 3<>/dev/tcp/127.0.0.1/${PORT} && printf "GET /health HTTP/1.0\r\n\r\n" >&3 && grep -q "\"status\": \"ok\"" <&3'
+    CMD bash -c 'exec 3<>/dev/tcp/127.0.0.1/${PORT} && printf "GET /health HTTP/1.0\r\n\r\n" >&3 && grep -Eq "\"status\": ?\"ok\"" <&3'
 ENTRYPOINT ["python", "-m", "node"]

@@ -35,11 +35,6 @@ class TaskGroup:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait_idle(self) -> None:
-        """Wait until every task (including ones spawned meanwhile) has finished."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-
     async def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

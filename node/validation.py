@@ -91,7 +91,6 @@ def validate_key(key: Any) -> str:
 class BoundedBody:
     """A request body collected up to ``limit`` bytes. Past the limit the bytes are dropped and
     only the fact is kept, so an oversized body costs no memory and gets a clean 413 once read.
-    Shared by the Tornado handlers and the lean delegates (node.fastpath).
     """
 
     __slots__ = ("limit", "message", "chunks", "size", "too_large")
