@@ -558,7 +558,8 @@ def measure_redis(args: argparse.Namespace) -> list[dict]:
         with redis_cluster(durability) as (port, pids):
             for quorum in args.quorums:
                 for clients in args.clients:
-                    row = yardstick_loop(args, RedisWrites(port, quorum, args.timeout), quorum, clients, pids, durability)
+                    writes = RedisWrites(port, quorum, args.timeout)
+                    row = yardstick_loop(args, writes, quorum, clients, pids, durability, f"redis ({durability}) k={quorum}")
                     rows.append({"system": "redis", **row})
     return rows
 
@@ -570,23 +571,25 @@ def measure_etcd(args: argparse.Namespace) -> list[dict]:
     """The same closed loops against six etcd members at each client count (one cluster for all)."""
     progress("etcd: starting six members")
     with etcd_cluster() as (port, pids):
-        return [{"system": "etcd", **yardstick_loop(args, EtcdWrites(port, args.timeout), 3, clients, pids,
-                                                    ETCD_DURABILITY)} for clients in args.clients]
+        writes = EtcdWrites(port, args.timeout)
+        return [{"system": "etcd", **yardstick_loop(args, writes, 3, clients, pids, ETCD_DURABILITY, "etcd")}
+                for clients in args.clients]
 
 
 def yardstick_loop(args: argparse.Namespace, writes: Writes, quorum: int, clients: int, pids: dict[str, int],
-                   durability: str) -> dict:
+                   durability: str | None, label: str) -> dict:
     loop, cpu = run(closed_loop(writes, args, clients, pids))
     row = throughput_row(quorum, clients, loop, cpu, durability, (0, 0))
-    report_loop(row, loop)
+    report_loop(row, loop, label)
     return row
 
 
 CLIENT_BUSY_PCT = 80
 
 
-def report_loop(row: dict, loop: Loop) -> None:
-    progress(f"k={row['quorum']} c={row['concurrency']}: {row['writes_ok']} writes in {row['window_s']:.1f} s, "
+def report_loop(row: dict, loop: Loop, label: str | None = None) -> None:
+    label = label or f"k={row['quorum']}"
+    progress(f"{label} c={row['concurrency']}: {row['writes_ok']} writes in {row['window_s']:.1f} s, "
              f"{row['errors']} errors" + (f" (first: {loop.first_error})" if loop.first_error else ""))
     if row["client_cpu_pct"] > CLIENT_BUSY_PCT:
         progress(f"warning: the load client was busy {row['client_cpu_pct']:.0f}% of a core at c={row['concurrency']}: "
@@ -737,15 +740,16 @@ def measure_alternating(args: argparse.Namespace, systems: list[tuple[str, Calla
             progress(f"round {round_}/{args.pairs}: {name}")
             with start() as target:
                 for clients in args.clients:
-                    row = target_loop(args, target, args.quorums[0], clients)
+                    row = target_loop(args, target, name, clients)
                     rows.append({"system": name, "round": round_, **row})
     return rows
 
 
-def target_loop(args: argparse.Namespace, target: Target, quorum: int, clients: int) -> dict:
+def target_loop(args: argparse.Namespace, target: Target, name: str, clients: int) -> dict:
+    quorum = args.quorums[0]
     if target.leader_url is not None:
         return store_loop(args, target.writes, target.leader_url, quorum, clients, target.pids, target.durability)
-    return yardstick_loop(args, target.writes, quorum, clients, target.pids, target.durability)
+    return yardstick_loop(args, target.writes, quorum, clients, target.pids, target.durability, name)
 
 
 # --- delays mode ------------------------------------------------------------------------------
