@@ -3,9 +3,9 @@
 This store at ``WRITE_QUORUM=3`` answers a write once the leader and three of its five
 followers have it on disk: four of six copies synced. etcd (Raft) commits an entry once a
 majority of its members, four of six, have appended it to their write-ahead log, and each
-member fsyncs its WAL before it acknowledges (etcd's default; there is no setting that skips
-it). So the two promise the same durability, and ``analysis.bench --etcd`` compares them at
-equal clients on the same machine in the same run.
+member fsyncs its WAL before it acknowledges (etcd 3.4 has no setting that skips it). So the
+two promise the same durability, and ``analysis.bench --etcd`` compares them at equal clients
+on the same machine in the same run.
 
 The clients are the store's: the same closed loop, one keep-alive HTTP/1.1 connection per client
 (``analysis.loadclient``), each write a ``POST /v3/kv/put`` to etcd's JSON gateway with
@@ -18,9 +18,9 @@ etcd's own cost of the JSON API: the gateway inside the member turns each HTTP r
 gRPC call to the same process, part of what an etcd JSON client pays.
 
 Every run gets fresh ports and a fresh temporary data directory per member, a static
-``--initial-cluster`` and a new cluster token; members are stopped with SIGTERM (SIGKILL after
-10 s), followers first (see :func:`stop`), and their directories removed. Needs ``etcd`` on PATH (Debian: ``apt-get install
-etcd-server``).
+``--initial-cluster`` and a new cluster token; members are stopped with SIGTERM, followers
+first (see :func:`stop`), SIGKILL after 10 s, and their directories removed. Needs ``etcd``
+on PATH (Debian: ``apt-get install etcd-server``).
 """
 
 from __future__ import annotations
