@@ -1,16 +1,30 @@
-"""`python -m analysis.bench`: short runs of both modes on the local cluster, on free ports."""
+"""`python -m analysis.bench`: short runs of both modes on the local cluster, on free ports,
+the yardsticks' wire formats against fakes, and etcd itself when it is installed."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
+import json
+import os
 import shutil
+import types
 
 import pytest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, RequestHandler
 
-from analysis.bench import RedisWrites, main, parse_args, percentile
+from analysis import bench
+from analysis.bench import EtcdWrites, RedisWrites, alternating_summary, main, parse_args, percentile
+from analysis.etcdref import EtcdMissing, etcd_cluster
+from analysis.loadclient import LoadConnection
+from analysis.noop_server import ANSWER
 from analysis.redisref import RedisMissing, RespConnection
 from tests.net import free_port_block
+
+ETCD_MISSING = "etcd not on PATH (apt-get install etcd-server); the Makefile and CI do not install it"
 
 CPU_COLUMNS = ("leader_cpu_us_per_write", "followers_cpu_us_per_write", "follower_cpu_us_per_write_mean",
                "client_cpu_us_per_write")
@@ -127,3 +141,137 @@ def test_redis_yardstick_without_redis_server_says_how_to_get_it(monkeypatch, ca
     with pytest.raises(SystemExit):
         parse_args(["--redis", "--mode", "delays"])
     capsys.readouterr()
+
+
+def test_alternating_runs_reject_what_they_cannot_do(capsys):
+    args = parse_args(["--before", "HEAD"])
+    assert (args.quorums, args.pairs, args.clients) == ([3], 3, [10])
+    assert parse_args(["--clients", "1", "10", "100"]).clients == [1, 10, 100]
+    for bad in (["--before", "HEAD", "--compose"], ["--before", "HEAD", "--quorums", "1", "2"],
+                ["--pairs", "0"], ["--before", "HEAD", "--mode", "delays"], ["--etcd", "--mode", "delays"],
+                ["--clients", "10", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    capsys.readouterr()
+
+
+def test_before_with_compose_says_why(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--before", "HEAD", "--compose"])
+    assert "run both revisions as local processes; drop --compose" in capsys.readouterr().err
+
+
+def test_unknown_revision_is_one_line_naming_it():
+    with pytest.raises(RuntimeError, match="--before no-such-rev-4f2: no such commit") as exc:
+        main(["--before", "no-such-rev-4f2", "--no-baseline"])
+    assert "\n" not in str(exc.value)
+
+
+def test_etcd_yardstick_without_etcd_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(EtcdMissing, match="apt-get install etcd-server"):
+        main(["--etcd", "--quorums", "3"])
+
+
+def test_alternating_summary_gives_each_rounds_ratio_and_the_range():
+    def row(system, round_, rate):
+        return {"system": system, "round": round_, "writes_per_s": rate, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0}
+
+    rows = [row("before", 1, 100.0), row("after", 1, 110.0), row("etcd", 1, 50.0),
+            row("before", 2, 100.0), row("after", 2, 90.0), row("etcd", 2, 60.0)]
+    lines = alternating_summary(rows)
+    assert "before: 100 writes/s, p50 1.00 ms, p99 2.00 ms" in lines
+    assert "after: 90-110 writes/s, p50 1.00 ms, p99 2.00 ms" in lines
+    assert "after/before writes/s per round: 1.10 0.90 (range 0.90-1.10)" in lines
+    assert "after/etcd writes/s per round: 2.20 1.50 (range 1.50-2.20)" in lines
+
+
+class FakeGateway(RequestHandler):
+    """etcd's v3 JSON gateway as far as a put goes: base64 fields in, a header out, or an error."""
+
+    puts: list[tuple[bytes, bytes]] = []
+    fail = False
+
+    def post(self) -> None:
+        request = json.loads(self.request.body)
+        if self.fail:
+            self.set_status(400)
+            self.write({"error": "etcdserver: too many requests", "code": 8})
+            return
+        FakeGateway.puts.append((base64.b64decode(request["key"]), base64.b64decode(request["value"])))
+        self.write({"header": {"cluster_id": "1", "member_id": "2", "revision": str(len(self.puts)), "raft_term": "2"}})
+
+
+class FakeHealth(RequestHandler):
+    def get(self) -> None:
+        self.write({"health": "true"})
+
+
+def test_etcd_writes_speak_the_v3_json_gateway():
+    async def scenario():
+        sock, port = bind_unused_port()
+        server = HTTPServer(Application([("/v3/kv/put", FakeGateway), ("/health", FakeHealth)]))
+        server.add_sockets([sock])
+        writes = EtcdWrites(port, 5.0)
+        conn = await writes.connect()
+        try:
+            ok = await writes.write(conn, 17, 10)
+            FakeGateway.fail = True
+            refused = await writes.write(conn, 18, 10)
+        finally:
+            FakeGateway.fail = False
+            conn.close()
+            server.stop()
+        return ok, refused
+
+    FakeGateway.puts = []
+    ok, refused = asyncio.run(scenario())
+    assert ok is None
+    assert FakeGateway.puts == [(b"bench-7", b"17")]  # the store's key and value: {"key": "bench-7", "value": 17}
+    assert refused.startswith("400: ") and "too many requests" in refused
+
+
+def test_noop_server_answers_on_tornados_http_server():
+    async def scenario(port):
+        conn = LoadConnection("127.0.0.1", port, 5.0)
+        try:
+            return [await conn.request("POST", "/write", b'{"key": "a", "value": 1}') for _ in range(3)], conn.connects
+        finally:
+            conn.close()
+
+    port = bench.free_port()
+    with bench.noop_server(port):
+        answers, connects = asyncio.run(scenario(port))
+    assert answers == [(200, ANSWER)] * 3 and connects == 1
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason=ETCD_MISSING)
+def test_etcd_yardstick_commits_puts_on_six_members():
+    args = types.SimpleNamespace(max_writes=100000, keys=10, warmup=0.1, duration=0.5)
+    with etcd_cluster() as (port, pids):
+        loop, cpu = bench.run(bench.closed_loop(EtcdWrites(port, 5.0), args, 4, pids))
+        data_dirs = [data_dir(pid) for pid in pids.values()]
+    row = bench.throughput_row(3, 4, loop, cpu, bench.ETCD_DURABILITY, (0, 0))
+    assert sorted(pids) == sorted(bench.NODE_NAMES)
+    assert row["writes_ok"] > 0 and row["errors"] == 0, loop.first_error
+    assert row["leader_cpu_us_per_write"] > 0 and row["followers_cpu_us_per_write"] > 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids.values())  # stopped and reaped
+    assert len(set(data_dirs)) == 6 and not any(os.path.exists(d) for d in data_dirs)  # each its own, removed
+
+
+def data_dir(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    return argv[argv.index("--data-dir") + 1]
+
+
+@pytest.mark.cluster
+def test_before_head_runs_both_sides_in_one_pair(tmp_path):
+    paths = main(["--before", "HEAD", "--pairs", "1", "--clients", "2", "--duration", "0.5", "--warmup", "0.1",
+                  "--no-baseline", "--output", str(tmp_path), "--base-port", str(free_port_block())])
+
+    rows = read_rows(paths["alternating"])
+    assert [(row["system"], row["round"], row["concurrency"]) for row in rows] == [("before", "1", "2"), ("after", "1", "2")]
+    for row in rows:
+        assert float(row["writes_per_s"]) > 0 and int(row["errors"]) == 0, row
+        assert all(float(row[column]) > 0 for column in CPU_COLUMNS), row

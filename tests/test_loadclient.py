@@ -1,4 +1,4 @@
-"""The keep-alive HTTP client (replication and benchmark) against a real Tornado server on an unused port."""
+"""The benchmark's load client (analysis.loadclient) against a real Tornado server on an unused port."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from node.httpclient import PeerConnection, PeerError, PeerTimeout
+from analysis.loadclient import LoadConnection, RequestFailed, RequestTimeout
 
 
 class CountingServer(HTTPServer):
@@ -55,7 +55,7 @@ def serve(scenario, **server_options):
         app = Application([("/echo", Echo), ("/chunked", Chunked), ("/slow", Slow), ("/hangup", Hangup)])
         server = CountingServer(app, **server_options)
         server.add_sockets([sock])
-        connection = PeerConnection("127.0.0.1", port, timeout=5.0)
+        connection = LoadConnection("127.0.0.1", port, timeout=5.0)
         try:
             return await asyncio.wait_for(scenario(connection, server), timeout=20)
         finally:
@@ -100,7 +100,7 @@ def test_reconnects_after_the_server_closed_an_idle_connection():
 
 def test_connection_lost_mid_request_names_the_peer_and_recovers():
     async def scenario(conn, server):
-        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{conn.port}: connection closed by the server before the answer"):
+        with pytest.raises(RequestFailed, match=rf"127\.0\.0\.1:{conn.port}: connection closed by the server before the answer"):
             await conn.request("GET", "/hangup")
         return await conn.request("GET", "/echo")
 
@@ -110,7 +110,7 @@ def test_connection_lost_mid_request_names_the_peer_and_recovers():
 def test_timeout_names_the_peer_and_the_next_request_uses_a_fresh_connection():
     async def scenario(conn, server):
         conn.timeout = 0.2
-        with pytest.raises(PeerTimeout, match=rf"127\.0\.0\.1:{conn.port}: no answer to GET /slow within 0.2 s"):
+        with pytest.raises(RequestTimeout, match=rf"127\.0\.0\.1:{conn.port}: no answer to GET /slow within 0.2 s"):
             await conn.request("GET", "/slow")
         conn.timeout = 5.0
         return await conn.request("GET", "/echo"), server.connections
@@ -124,58 +124,19 @@ def test_refused_connection_is_a_request_error():
     async def scenario():
         sock, port = bind_unused_port()
         sock.close()  # nothing listens there any more
-        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
-            await PeerConnection("127.0.0.1", port, timeout=2).request("GET", "/")
-
-    asyncio.run(scenario())
-
-
-def test_a_request_right_after_warm_up_uses_the_warm_connection():
-    async def scenario(conn, server):
-        conn.warm_up()
-        conn.warm_up()  # a second call while the first connects opens nothing more
-        answer = await conn.request("GET", "/echo")  # sent while the warm-up may still be connecting
-        return answer, server.connections, conn.connects
-
-    answer, accepted, connects = serve(scenario)
-    assert answer == (200, b"plain")
-    assert accepted == connects == 1
-
-
-def test_a_warm_connection_serves_the_first_request_without_connecting():
-    async def scenario(conn, server):
-        conn.warm_up()
-        while conn.connects == 0:  # until the warm-up has connected
-            await asyncio.sleep(0.001)
-        return await conn.request("GET", "/echo"), server.connections, conn.connects
-
-    answer, accepted, connects = serve(scenario)
-    assert answer == (200, b"plain")
-    assert accepted == connects == 1
-
-
-def test_warm_up_to_a_peer_that_is_down_is_silent_and_the_request_reports_it():
-    async def scenario():
-        sock, port = bind_unused_port()
-        sock.close()
-        conn = PeerConnection("127.0.0.1", port, timeout=2)
-        conn.warm_up()
-        with pytest.raises(PeerError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
-            await conn.request("GET", "/")
-        conn.close()
+        with pytest.raises(RequestFailed, match=rf"127\.0\.0\.1:{port}: cannot connect"):
+            await LoadConnection("127.0.0.1", port, timeout=2).request("GET", "/")
 
     asyncio.run(scenario())
 
 
 def test_close_while_connecting_leaves_no_connection_behind():
     async def scenario(conn, server):
-        answers = []
-        conn.send("GET", "/echo", None, None, 5.0, lambda status, body, error: answers.append(error))
-        conn.close()  # the connect has not run yet
-        while not answers:
-            await asyncio.sleep(0.001)
-        return answers, conn._reader
+        request = asyncio.ensure_future(conn.request("GET", "/echo"))
+        await asyncio.sleep(0)  # the request has started to connect
+        conn.close()
+        with pytest.raises(RequestFailed, match="closed before the request was sent"):
+            await request
+        return conn._reader
 
-    answers, reader = serve(scenario)
-    assert isinstance(answers[0], PeerError) and "closed before the request was sent" in str(answers[0])
-    assert reader is None  # the connection made meanwhile was dropped, not kept for later
+    assert serve(scenario) is None  # the connection made meanwhile was dropped, not kept for later
