@@ -114,7 +114,7 @@ class Follower:
         if entries:
             log.info("pulled %d entries from the leader (seq %d..%d)", len(entries), entries[0].seq, entries[-1].seq)
         await self.accept(entries)
-        conflict = self.core.leader_holds(int(answer["last_seq"]))
+        conflict = self.core.leader_holds(int(answer["last_seq"]), after)
         if conflict:
             log.error("%s", conflict)
         if self.catch_up.page(int(answer["last_seq"]), bool(answer.get("more")), time.monotonic()):

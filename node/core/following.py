@@ -84,13 +84,17 @@ class FollowerCore:
         for entry in entries:
             self.inflight.pop(entry.seq, None)
 
-    def leader_holds(self, last_seq: int) -> str | None:
-        """Note the leader's last seq (from a pull); a new conflict message if the leader holds
-        less than this follower applied (its log was lost or replaced)."""
+    def leader_holds(self, last_seq: int, applied_when_asked: int) -> str | None:
+        """Note the leader's last seq from a pull; a new conflict message if the leader holds
+        less than this follower had applied when it asked (the leader lost or replaced its log).
+
+        Compared with what was applied *when the pull was sent*, not now: entries pushed while
+        the page travelled may be applied already, and the leader's answer could not count them.
+        """
         self.leader_last_seq = last_seq
-        if last_seq < self.store.applied_seq and self.last_conflict is None:
+        if last_seq < applied_when_asked and self.last_conflict is None:
             self.last_conflict = (f"the leader holds {last_seq} entries but this follower applied "
-                                  f"{self.store.applied_seq}: the leader lost or replaced its log")
+                                  f"{applied_when_asked}: the leader lost or replaced its log")
             return self.last_conflict
         return None
 

@@ -6,7 +6,7 @@ Commands (times in ms):
     accept 3 1 2:v              entries by seq (value v, default "v<seq>"): which are new, or the conflict
     durable 3 1                 these stored entries are durable now
     lost 3                      their sync failed
-    leader-holds last=N         a pull said the leader's last seq is N
+    leader-holds last=N asked=M a pull sent when M was applied said the leader's last seq is N
     state                       applied seq, visible state, entries in flight and waiting for a gap
     catch-up interval=2000      a catch-up schedule
     pull at=T applied=N         the pull to make now, if any
@@ -64,7 +64,8 @@ class FollowerTable:
         return self.state(case)
 
     def leader_holds(self, case: Case) -> str:
-        return self.core.leader_holds(int(case.arg("last"))) or self.state(case)
+        asked = int(case.arg("asked", str(self.core.applied_seq)))
+        return self.core.leader_holds(int(case.arg("last")), asked) or self.state(case)
 
     def state(self, case: Case) -> str:
         core = self.core
