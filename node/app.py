@@ -12,6 +12,7 @@ import signal
 import sys
 
 from tornado.httpserver import HTTPServer
+from tornado.log import access_log
 from tornado.web import Application
 
 from node import handlers as h
@@ -28,18 +29,21 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 def routes(node) -> list:
-    """The same paths on both roles: a follower answers writes with an error naming the leader."""
+    """The same paths on both roles: a follower answers writes with an error naming the leader.
+
+    Tornado tries the patterns in order, so the two paths every write takes come first.
+    """
     args = {"node": node}
     return [
+        (r"/write", h.WriteHandler, args),
+        (r"/replicate", h.ReplicateHandler, args),
         (r"/health", h.HealthHandler, args),
         (r"/status", h.StatusHandler, args),
         (r"/read/(.+)", h.ReadHandler, args),
         (r"/keys", h.KeysHandler, args),
         (r"/all", h.AllHandler, args),
-        (r"/write", h.WriteHandler, args),
         (r"/delete/(.+)", h.DeleteHandler, args),
         (r"/clear", h.ClearHandler, args),
-        (r"/replicate", h.ReplicateHandler, args),
         (r"/log", h.LogHandler, args),
         (r"/openapi.json", h.OpenApiHandler, args),
     ]
@@ -50,7 +54,19 @@ def make_app(node) -> Application:
         routes(node),
         default_handler_class=h.NotFoundHandler,
         default_handler_args={"node": node},
+        log_function=log_request,
     )
+
+
+def log_request(handler) -> None:
+    """Tornado's access log line, built only when its level is enabled (Tornado's own builds the
+    request summary for every request, logged or not; successes are below WARNING here)."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.uri,
+                       request.remote_ip, 1000.0 * request.request_time())
 
 
 def open_node(config: Config):

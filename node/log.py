@@ -304,7 +304,7 @@ class LogFile:
         self._round: asyncio.Future | None = None  # the next or running fsync (batch policy) ...
         self._round_covers: int | None = None  # ... covers this many records (None: not started)
         self._sync_time = 0.0  # moving average of one fsync, s
-        self._inline_sync = True
+        self.inline_sync = True  # group-commit fsyncs on the loop (while they are quick) or in the sync thread
         self._next_round: asyncio.Future | None = None  # for records appended while it runs
         # A thread of its own: a sync never waits behind DNS lookups or other pool work.
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
@@ -424,7 +424,7 @@ class LogFile:
         must not stall the loop)."""
         self._round_covers = self._sync_requested = self._appended
         fd = self._file.fileno()
-        if self._inline_sync:
+        if self.inline_sync:
             started = time.perf_counter()
             try:
                 os.fsync(fd)
@@ -449,10 +449,10 @@ class LogFile:
     def _note_sync_time(self, seconds: float) -> None:
         self._sync_time = 0.8 * self._sync_time + 0.2 * seconds
         inline = self._sync_time < INLINE_SYNC_MAX_S
-        if inline != self._inline_sync:
+        if inline != self.inline_sync:
             log.info("log %s: fsync takes %.2f ms on average; syncing %s", self.path, 1000 * self._sync_time,
                      "on the event loop" if inline else "in the sync thread")
-            self._inline_sync = inline
+            self.inline_sync = inline
 
     def _round_done(self, error: BaseException | None) -> None:
         result, self._round = self._round, None

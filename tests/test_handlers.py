@@ -144,7 +144,7 @@ async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_cl
         release.wait(10)
         real_fsync(fd)
 
-    node.log._inline_sync = False  # the held sync must not hold the event loop too
+    node.log.inline_sync = False  # the held sync must not hold the event loop too
     monkeypatch.setattr(os, "fsync", held_fsync)
     write = asyncio.ensure_future(node.write("set", "a", 1))  # shipped at once (to nowhere): the sync starts
     loop = asyncio.get_running_loop()

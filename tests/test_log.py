@@ -173,19 +173,31 @@ async def append_then_sync(log, seq):
 
 @pytest.mark.gen_test
 async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path, monkeypatch):
+    import threading
+
     from node import log as logmodule
 
     monkeypatch.setattr(logmodule, "INLINE_SYNC_MAX_S", 0.0)  # every sync in the thread
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def held_fsync(fd):
+        entered.set()
+        release.wait(10)
+        real_fsync(fd)
+
     log, _ = LogFile.open(str(tmp_path), "batch")
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    log.inline_sync = False
     log.append(entry(1))
     first = log.sync_future()
-    while log._round_covers is None:  # until the first fsync has started
-        await asyncio.sleep(0)
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)  # the first fsync runs
     log.append(entry(2))
     second = log.sync_future()
     assert second is not first
+    release.set()
     await second
-    assert first.done() and log._synced == log._appended
+    assert first.done() and log.synced == log.appended == 2
     log.close()
 
 
@@ -221,7 +233,7 @@ async def test_a_failed_sync_is_tried_again_by_the_next_start_sync(tmp_path, mon
     monkeypatch.undo()
     log.start_sync()
     await log.sync_future(upto=1)
-    assert log._synced == 1
+    assert log.synced == 1
     log.close()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import pytest
 
 from node.core.leading import LeaderCore
-from node.log import Entry
 from tests.core.datadriven import Case, files, run_file
 
 
