@@ -18,7 +18,7 @@ from tornado.web import RequestHandler, stream_request_body
 
 from node import codec
 from node.follower import EntryConflict, ShuttingDown
-from node.leader import WriteTimeout
+from node.leader import LeaderStopping, WriteTimeout
 from node.log import Entry, EntryError
 from node.peers import SECRET_HEADER
 from node.validation import ApiError, BoundedBody, body_too_large_message, json_type, validate_key
@@ -180,11 +180,17 @@ class MutationHandler(BaseHandler):
     """Shared by the three operations that append to the log: set, delete and clear."""
 
     async def commit(self, op: str, key: str | None, value: Any = None) -> None:
-        try:
-            outcome = await self.node.write(op, key, value)
-        except WriteTimeout as timeout:
-            raise timeout_error(timeout) from None
-        self.send_json(write_answer(self.node, op, key, value, outcome))
+        """Write and answer; counted in the leader's ``writes`` until the answer is out, so a
+        graceful shutdown lets it finish."""
+        with self.node.writes:
+            try:
+                outcome = await self.node.write(op, key, value)
+            except WriteTimeout as timeout:
+                raise timeout_error(timeout) from None
+            except LeaderStopping as stopping:
+                raise ApiError(503, str(stopping), success=False, seq=stopping.seq, outcome="unknown",
+                               confirmations=stopping.confirmations, quorum=stopping.quorum) from None
+            self.send_json(write_answer(self.node, op, key, value, outcome))
 
 
 class WriteHandler(MutationHandler):

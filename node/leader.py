@@ -40,7 +40,10 @@ from node.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Leader", "LeaderLogError", "WriteOutcome", "WriteTimeout"]
+__all__ = ["Leader", "LeaderLogError", "LeaderStopping", "WriteOutcome", "WriteTimeout"]
+
+# How long the writes failed at shutdown get to write their 503 before connections close.
+ANSWER_GRACE_S = 1.0
 
 
 @dataclass
@@ -56,6 +59,17 @@ class WriteTimeout(QuorumTimeout):
     def __init__(self, timeout: QuorumTimeout, delays_ms: dict[str, float]):
         super().__init__(timeout.seq, timeout.confirmations, timeout.quorum, timeout.timeout_ms)
         self.delays_ms = delays_ms
+
+
+class LeaderStopping(Exception):
+    """The leader shut down while a write waited for its quorum: its outcome is unknown."""
+
+    def __init__(self, seq: int, confirmations: int, quorum: int):
+        self.seq, self.confirmations, self.quorum = seq, confirmations, quorum
+        super().__init__(
+            f"the leader is shutting down; write seq {seq} had {confirmations} of {quorum} required follower "
+            f"confirmations. The entry is in the leader's log and replicates when the leader is back, so the "
+            f"outcome is unknown: read the key to find out")
 
 
 class Leader:
@@ -75,7 +89,7 @@ class Leader:
             self.store.apply(entry)
         self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
         self.client = peers.make_client()
-        self.writes = InFlight()
+        self.writes = InFlight()  # write requests being answered (counted by the handlers)
         self._quorum_waiters: dict[int, asyncio.Future] = {}
         self._wakeup = Wakeup(self._step)
         self._step_planned = False
@@ -102,13 +116,12 @@ class Leader:
         delays = self.core.append(entry, record_body(record), time.monotonic())
         quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
         self._plan_step()
-        with self.writes:
-            try:
-                confirmations = await quorum
-            except QuorumTimeout as timeout:
-                await self.durable_through(entry.seq)
-                raise WriteTimeout(timeout, delays) from None
+        try:
+            confirmations = await quorum
+        except QuorumTimeout as timeout:
             await self.durable_through(entry.seq)
+            raise WriteTimeout(timeout, delays) from None
+        await self.durable_through(entry.seq)
         return WriteOutcome(entry, confirmations, delays)
 
     def durable_through(self, seq: int) -> asyncio.Future:
@@ -210,16 +223,20 @@ class Leader:
     # --- shutdown ----------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
-        """Let writes in progress get their answer before shutting down."""
-        if not await self.writes.wait_idle(timeout):
-            log.warning("shutting down with %d writes still waiting for their quorum", self.writes.count)
+        """Let writes in progress get their answer before shutting down; those still waiting for
+        their quorum after ``timeout`` are answered 503, outcome unknown (their entries stay in
+        the log and replicate when the leader is back)."""
+        if await self.writes.wait_idle(timeout):
+            return
+        log.warning("shutting down with %d writes still waiting for their quorum; they are answered 503 "
+                    "(outcome unknown)", len(self._quorum_waiters))
+        for seq in list(self._quorum_waiters):
+            self._resolve(seq, error=LeaderStopping(seq, self.core.quorum.confirmations(seq), self.config.write_quorum))
+        await self.writes.wait_idle(ANSWER_GRACE_S)
 
     async def close(self) -> None:
         self._closed = True
         self._wakeup.cancel()
-        for seq in list(self._quorum_waiters):
-            self._resolve(seq, error=QuorumTimeout(seq, self.core.quorum.confirmations(seq),
-                                                   self.config.write_quorum, self.config.write_timeout_ms))
         self.core.close()
         self.client.close()
         self.log.close()

@@ -29,9 +29,7 @@ class Limits:
     max_body_bytes: int  # client requests (MAX_BODY_BYTES)
     replicate_body_bytes: int  # one POST /replicate
     max_batch_bytes: int  # the entries the leader packs into one /replicate
-    pull_body_bytes: int  # one /log page as a follower receives it
     server_body_bytes: int  # what the HTTP server reads at all
-    max_key_bytes: int = MAX_KEY_BYTES
     max_json_depth: int = MAX_JSON_DEPTH
     replicate_json_depth: int = REPLICATE_JSON_DEPTH
     log_page_bytes: int = LOG_PAGE_BYTES
@@ -44,7 +42,5 @@ class Limits:
             # The batch plus the {"entries":[...]} around it.
             replicate_body_bytes=REPLICATE_BODY_FACTOR * body + 4096,
             max_batch_bytes=REPLICATE_BODY_FACTOR * body,
-            # A page holds at most LOG_PAGE_BYTES plus one entry, which can outgrow a request body.
-            pull_body_bytes=LOG_PAGE_BYTES + (REPLICATE_BODY_FACTOR + 1) * body,
             server_body_bytes=max((REPLICATE_BODY_FACTOR + 1) * body, MIN_SERVER_BODY_BYTES),
         )

@@ -320,3 +320,17 @@ def test_no_entry_is_sent_before_its_own_delay(loop_kind):
     lateness = runner(scenario())
     assert len(lateness) == 300
     assert min(lateness) >= 0, f"an entry was sent {-min(lateness) * 1000:.3f} ms before its delay"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_still_waiting_at_shutdown_is_answered_503_outcome_unknown(make_cluster):
+    async with make_cluster(WRITE_QUORUM="5", MAX_DELAY="0", WRITE_TIMEOUT="60000") as cluster:
+        await cluster.stop("follower5")  # quorum 5 cannot be reached now
+        pending = asyncio.ensure_future(cluster.request("leader", "POST", "/write", {"key": "k", "value": 1}))
+        leader = cluster.nodes["leader"]
+        while leader.status()["followers"][cluster.address("follower1")]["acked_seq"] < 1:
+            await asyncio.sleep(0.01)  # the write reached the live followers and waits for the fifth
+        await leader.drain(0.05)
+        status, answer = await pending
+        assert status == 503 and answer["outcome"] == "unknown" and answer["seq"] == 1
+        assert answer["confirmations"] == 4 and answer["quorum"] == 5 and "shutting down" in answer["error"]
