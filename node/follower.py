@@ -61,8 +61,12 @@ class Follower:
                                f"and the follower pulls what it missed when it is back")
         records = [encode_record(entry) for entry in entries]
         fresh = self.core.accept([(entry, record_fingerprint(record)) for entry, record in zip(entries, records)])
-        self.log.append_records([records[i] for i in fresh])
         stored = [entries[i] for i in fresh]
+        try:
+            self.log.append_records([records[i] for i in fresh])
+        except BaseException:
+            self.core.not_durable(stored)  # not written: a redelivery must store them, not count as a duplicate
+            raise
         done = asyncio.get_running_loop().create_future()
         self.receiving.started()
         # Also covers duplicates whose first copy is still being synced.

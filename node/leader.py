@@ -61,6 +61,11 @@ class WriteTimeout(QuorumTimeout):
         self.delays_ms = delays_ms
 
 
+def _ignore(done: asyncio.Future) -> None:
+    """A warm-up request's outcome: a follower that is down shows up in the first push."""
+    done.exception()
+
+
 class LeaderStopping(Exception):
     """The leader shut down while a write waited for its quorum: its outcome is unknown."""
 
@@ -103,7 +108,11 @@ class Leader:
         return self.core.last_seq
 
     def start(self) -> None:
-        """Nothing to start: followers pull what they missed by themselves."""
+        """Open a connection to every follower now (curl keeps it for the pushes), so the first
+        writes after a (re)start do not wait for name lookups and handshakes. Followers pull
+        what they missed by themselves."""
+        for address in self.config.followers:
+            self.client.fetch(peers.health_request(address), raise_error=False).add_done_callback(_ignore)
 
     async def write(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
         """Log, apply and replicate one operation; return once the quorum confirmed it and the
@@ -142,13 +151,18 @@ class Leader:
         self._step_planned = False
         if self._closed:
             return
-        ready = self.core.ready(time.monotonic())
+        now = time.monotonic()
+        ready = self.core.ready(now)
         for timeout in ready.timed_out:
             self._resolve(timeout.seq, error=timeout)
         if ready.sends:
             self.log.start_sync()
         for batch in ready.sends:
-            self._send(batch)
+            try:
+                self._send(batch)
+            except Exception as exc:  # noqa: BLE001 - the channel must not stay "out" forever
+                log.exception("sending to %s failed", batch.address)
+                self.core.failed(batch.address, f"{type(exc).__name__}: {exc}", now)
         self._wakeup.arm(self.core.next_deadline())
 
     def _send(self, batch: Batch) -> None:
@@ -158,9 +172,20 @@ class Leader:
             lambda done: self._answered(batch.address, done))
 
     def _answered(self, address: str, done: asyncio.Future) -> None:
+        """Hand a follower's answer (or its absence) to the core; whatever the answer holds,
+        the channel's request is settled, so the channel never stays stuck."""
         if self._closed:
             return
         now = time.monotonic()
+        try:
+            self._settle(address, done, now)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("answer from %s could not be read", address)
+            self.core.failed(address, f"{type(exc).__name__}: {exc}", now)
+        finally:
+            self._plan_step()
+
+    def _settle(self, address: str, done: asyncio.Future, now: float) -> None:
         error = done.exception()
         response: HTTPResponse | None = None if error is not None else done.result()
         if response is None:  # no HTTP answer: refused, reset, timed out
@@ -169,16 +194,15 @@ class Leader:
             try:
                 answer = codec.loads(response.body)
                 applied, node_id = int(answer["applied_seq"]), answer.get("node_id")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError):
                 self.core.failed(address, f"unreadable confirmation {response.body[:200]!r}", now)
-            else:
-                for seq, confirmations in self.core.answered(address, applied, node_id, now):
-                    self._resolve(seq, confirmations=confirmations)
+                return
+            for seq, confirmations in self.core.answered(address, applied, node_id, now):
+                self._resolve(seq, confirmations=confirmations)
         elif is_refusal(response.code):
             self.core.refused(address, f"HTTP {response.code}: {response.body[:300]!r}", now)
         else:
             self.core.failed(address, f"HTTP {response.code}: {(response.body or b'')[:200]!r}", now)
-        self._plan_step()
 
     def _resolve(self, seq: int, confirmations: int = 0, error: Exception | None = None) -> None:
         future = self._quorum_waiters.pop(seq, None)
@@ -195,7 +219,8 @@ class Leader:
         return self.core.entries_between(after, upto, limit)
 
     def note_follower_pull(self, node_id: str, after: int) -> None:
-        self.core.pulled(node_id, after)
+        for seq, confirmations in self.core.pulled(node_id, after):
+            self._resolve(seq, confirmations=confirmations)
 
     def status(self) -> dict:
         followers = {

@@ -54,3 +54,7 @@ def log_request(leader: str, secret: str, **params) -> HTTPRequest:
     query = urlencode({name: value for name, value in params.items() if value is not None})
     return HTTPRequest(f"http://{leader}/log?{query}", headers={SECRET_HEADER: secret},
                        request_timeout=PULL_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def health_request(address: str) -> HTTPRequest:
+    return HTTPRequest(f"http://{address}/health", request_timeout=SEND_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)

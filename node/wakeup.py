@@ -3,7 +3,10 @@
 The cores (``node.core``) say when they next have something to do; this timer calls back at
 that time, never before: the loop's timers can fire early (uvloop's clock is cached per loop
 iteration and counts whole milliseconds), and an entry must never be sent before its drawn
-delay, so a timer that fires early is re-armed for the rest.
+delay, so a timer that fires early is re-armed for the rest. uvloop rounds a rest below half a
+millisecond to the next loop iteration, so for at most that long the loop looks again at every
+iteration: a bounded cost for sends that go about 0.15 ms after their drawn time (median)
+rather than up to a millisecond later.
 
     wakeup = Wakeup(step)        # step() reads time.monotonic() and asks the core what to do
     wakeup.arm(core.next_deadline())

@@ -135,3 +135,19 @@ async def test_a_stopping_follower_refuses_new_entries_and_keeps_what_it_has(tmp
     with pytest.raises(ShuttingDown, match="shutting down"):
         await follower.accept([entry(2)])
     assert [e.seq for e in iter_entries(follower.log.path)] == [1]
+
+
+@pytest.mark.gen_test
+async def test_an_entry_whose_write_failed_is_stored_when_it_comes_again(tmp_path, monkeypatch):
+    follower = make_follower(tmp_path)
+    real_append = follower.log.append_records
+
+    def failing_append(records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(follower.log, "append_records", failing_append)
+    with pytest.raises(OSError):
+        follower.accept([entry(1)])
+    monkeypatch.setattr(follower.log, "append_records", real_append)
+    await follower.accept([entry(1)])  # not a duplicate: it was never written
+    assert [e.seq for e in iter_entries(follower.log.path)] == [1] and follower.store.applied_seq == 1

@@ -334,3 +334,31 @@ async def test_a_write_still_waiting_at_shutdown_is_answered_503_outcome_unknown
         status, answer = await pending
         assert status == 503 and answer["outcome"] == "unknown" and answer["seq"] == 1
         assert answer["confirmations"] == 4 and answer["quorum"] == 5 and "shutting down" in answer["error"]
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_the_wakeup_never_calls_back_before_its_deadline(loop_kind):
+    """uvloop's timers fire up to about a millisecond early; the wakeup waits for the rest."""
+    import random
+    import time
+
+    import uvloop
+
+    from node.wakeup import Wakeup
+
+    async def scenario():
+        lateness, rng = [], random.Random(3)
+        for _ in range(100):
+            fired = asyncio.Event()
+            when = time.monotonic() + rng.uniform(0.0005, 0.01)
+
+            def called_back(when: float = when, fired: asyncio.Event = fired) -> None:
+                lateness.append(time.monotonic() - when)
+                fired.set()
+
+            Wakeup(called_back).arm(when)
+            await asyncio.wait_for(fired.wait(), 5)
+        return lateness
+
+    lateness = (uvloop.run if loop_kind == "uvloop" else asyncio.run)(scenario())
+    assert len(lateness) == 100 and min(lateness) >= 0, f"called back {-min(lateness) * 1000:.3f} ms early"

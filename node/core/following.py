@@ -14,8 +14,8 @@ Entries arrive out of order (each send has its own random delay). A follower the
   heals without anyone's help while the simulated lag of normal sends is left alone.
 
     core = FollowerCore(Store())
-    fresh = core.accept([(entry3, print3)])   # [entry3]: new, to be made durable
-    core.durable(fresh)                        # stored; applied once 1 and 2 are there too
+    core.accept([(entry3, print3)])            # [0]: the positions of the new entries, to be stored
+    core.durable([entry3])                     # now durable; applied once 1 and 2 are too
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class FollowerCore:
         self._apply_ready()
 
     def not_durable(self, entries: list[Entry]) -> None:
-        """Their sync failed: they are not held, so a later delivery stores them again."""
+        """Their write or sync failed: they are not held, so a later delivery stores them again."""
         for entry in entries:
             self.inflight.pop(entry.seq, None)
 

@@ -71,3 +71,11 @@ def test_a_follower_is_down_for_as_long_as_it_failed_without_a_success():
     assert progress.failed("refused", now=2.0) is False
     assert progress.down_for(3.5) == 2.5
     assert progress.recovered() is True and progress.down_for(9.0) == 0.0 and progress.last_error is None
+
+
+@pytest.mark.parametrize("status, refusal", [(200, False), (400, True), (403, True), (409, True), (413, True),
+                                             (408, False), (429, False), (500, False), (503, False)])
+def test_a_4xx_is_the_followers_verdict_except_timeout_and_too_many_requests(status, refusal):
+    from node.core.leading import is_refusal
+
+    assert is_refusal(status) is refusal
