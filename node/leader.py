@@ -219,8 +219,7 @@ class Leader:
         return self.core.entries_between(after, upto, limit)
 
     def note_follower_pull(self, node_id: str, after: int) -> None:
-        for seq, confirmations in self.core.pulled(node_id, after):
-            self._resolve(seq, confirmations=confirmations)
+        self.core.pulled(node_id, after)
 
     def status(self) -> dict:
         followers = {

@@ -362,3 +362,16 @@ def test_the_wakeup_never_calls_back_before_its_deadline(loop_kind):
 
     lateness = (uvloop.run if loop_kind == "uvloop" else asyncio.run)(scenario())
     assert len(lateness) == 100 and min(lateness) >= 0, f"called back {-min(lateness) * 1000:.3f} ms early"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_entry_a_follower_pulled_early_does_not_cut_its_delay_short(make_cluster):
+    """Catch-up every 50 ms pulls entries long before their 300 ms delays run out; the write is
+    still acknowledged only once a push, sent after its delay, confirms it."""
+    async with make_cluster(WRITE_QUORUM="1", MIN_DELAY="300", MAX_DELAY="300", CATCHUP_INTERVAL="50") as cluster:
+        loop = asyncio.get_running_loop()
+        for i in range(4):
+            started = loop.time()
+            await cluster.write(f"k{i}", i)
+            assert loop.time() - started >= 0.3
+        await cluster.settled()

@@ -114,12 +114,14 @@ class LeaderCore:
 
     def answered(self, address: str, applied_seq: int, node_id: str | None, now: float) -> list[tuple[int, int]]:
         """The follower at ``address`` confirmed its request; the writes this acknowledged, as
-        (seq, confirmations). Every entry of the request counts, and so does every entry up to
-        the ``applied_seq`` it reported: a follower applies only what is durable."""
-        progress = self.progress[address]
-        before = progress.match
-        seqs = self.channels[address].answered(applied_seq, node_id, now)
-        return self._confirm(address, seqs + self.quorum.waiting_between(before, progress.match))
+        (seq, confirmations).
+
+        Only the entries the request carried count, each sent after its own drawn delay. An
+        entry the follower got otherwise (a catch-up pull, which may take entries whose delay
+        has not run out) does not: the study's delays would stop being real. It is sent again
+        when due, confirmed as a duplicate, and counts then.
+        """
+        return self._confirm(address, self.channels[address].answered(applied_seq, node_id, now))
 
     def failed(self, address: str, error: str, now: float) -> None:
         self.channels[address].failed(error, now)
@@ -127,17 +129,12 @@ class LeaderCore:
     def refused(self, address: str, error: str, now: float) -> None:
         self.channels[address].refused(error, now)
 
-    def pulled(self, node_id: str, after: int) -> list[tuple[int, int]]:
-        """A follower asked for the entries after ``after``: it holds everything up to it
-        durably, so that counts as its confirmation of every write waiting up to there (and its
-        channel need not send those again). The writes this acknowledged, as (seq, confirmations)."""
-        acknowledged = []
-        for address, progress in self.progress.items():
+    def pulled(self, node_id: str, after: int) -> None:
+        """A follower asked for the entries after ``after``: it holds everything up to it (its
+        progress, for ``/status``; not a confirmation, see :meth:`answered`)."""
+        for progress in self.progress.values():
             if progress.node_id == node_id:
-                before = progress.match
                 progress.reported_applied(after)
-                acknowledged += self._confirm(address, self.quorum.waiting_between(before, progress.match))
-        return acknowledged
 
     def _confirm(self, address: str, seqs: list[int]) -> list[tuple[int, int]]:
         acknowledged = []

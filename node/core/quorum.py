@@ -62,10 +62,6 @@ class WriteQuorum:
         del self._voters[seq]
         return len(voters)
 
-    def waiting_between(self, low: int, high: int) -> list[int]:
-        """The writes still waiting whose seq is in ``low < seq <= high``."""
-        return sorted(seq for seq in self._voters if low < seq <= high)
-
     def confirmations(self, seq: int) -> int:
         return len(self._voters.get(seq, ()))
 

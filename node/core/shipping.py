@@ -175,8 +175,6 @@ class FollowerChannel:
 
     def _take_batch(self) -> list[Due]:
         """The due entries in order, as many as fit one request (always at least one)."""
-        while len(self.due) > 1 and self.due[0].seq <= self.progress.match:
-            self.due.popleft()  # the follower reported it holds these already (a pull, an answer)
         batch = [self.due.popleft()]
         size = len(batch[0].payload)
         while self.due and size + len(self.due[0].payload) + 1 <= self.max_batch_bytes:

@@ -8,7 +8,7 @@ Commands (times in ms):
     answer f1 applied=N at=T            f1 confirmed its request; the writes it acknowledged
     fail f1 at=T                        f1's request got no answer
     refuse f1 at=T                      f1 refused its request (a 4xx)
-    pulled f1 after=N                   f1 pulled from /log after N; the writes that acknowledged
+    pulled f1 after=N                   f1 pulled from /log after N
     status                              per follower: match, entries waiting, request out, backoff
 """
 
@@ -76,8 +76,8 @@ class LeaderTable:
         return self.status(case)
 
     def pulled(self, case: Case) -> str:
-        acked = self.core.pulled(case.words[0], int(case.arg("after")))
-        return "\n".join([f"ack seq={seq} confirmations={n}" for seq, n in acked] + [self.status(case)])
+        self.core.pulled(case.words[0], int(case.arg("after")))
+        return self.status(case)
 
     def status(self, case: Case) -> str:
         lines = []
