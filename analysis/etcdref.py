@@ -38,7 +38,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-from analysis.redisref import free_ports
+from analysis.redisref import free_ports, yardstick_binary
 
 MEMBERS = 6
 START_TIMEOUT_S = 30.0
@@ -51,11 +51,7 @@ class EtcdMissing(RuntimeError):
 
 
 def etcd_binary() -> str:
-    path = shutil.which("etcd")
-    if path is None:
-        raise EtcdMissing("--etcd needs etcd (3.4) on PATH: install it (Debian/Ubuntu: apt-get install etcd-server; "
-                          "the system service can stay stopped) or drop --etcd")
-    return path
+    return yardstick_binary("etcd", "--etcd", "etcd-server", EtcdMissing)
 
 
 def etcd_version() -> str:

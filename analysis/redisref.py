@@ -42,12 +42,17 @@ class RedisMissing(RuntimeError):
     """No redis-server to start."""
 
 
-def redis_server() -> str:
-    path = shutil.which("redis-server")
+def yardstick_binary(name: str, option: str, package: str, missing: type[RuntimeError]) -> str:
+    """The path of a yardstick's program, or ``missing`` with the one line that says how to get it."""
+    path = shutil.which(name)
     if path is None:
-        raise RedisMissing("--redis needs redis-server on PATH: install it (Debian/Ubuntu: apt-get install "
-                           "redis-server; the system service can stay stopped) or drop --redis")
+        raise missing(f"{option} needs {name} on PATH: install it (Debian/Ubuntu: apt-get install {package}; "
+                      f"the system service can stay stopped) or drop {option}")
     return path
+
+
+def redis_server() -> str:
+    return yardstick_binary("redis-server", "--redis", "redis-server", RedisMissing)
 
 
 def free_ports(count: int) -> list[int]:

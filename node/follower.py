@@ -80,8 +80,12 @@ class Follower:
             self.core.durable(stored)
         else:
             self.core.not_durable(stored)
-        if not done.done():
-            done.set_result(None) if error is None else done.set_exception(error)
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
     # --- catch-up ------------------------------------------------------------------------
 

@@ -1,8 +1,38 @@
 """Shared fixtures: the in-process cluster factory, the Compose cluster, the fault table."""
 
+import asyncio
+import os
+import threading
+
 import pytest
 
 from tests.inprocess import InProcessCluster
+
+
+class HeldFsync:
+    """``os.fsync`` replaced by one that waits until the test releases it: ``entered`` is set
+    once a sync is under way (in the sync thread), ``release`` lets every sync through."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+        real_fsync = os.fsync
+
+        def held(fd: int) -> None:
+            self.entered.set()
+            self.release.wait(10)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", held)
+
+    async def started(self, timeout: float = 5.0) -> bool:
+        """True once a held sync is under way (waited for in a thread: the loop stays free)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, timeout)
+
+
+@pytest.fixture
+def held_fsync(monkeypatch):
+    """Hold every fsync from now on until ``held_fsync.release.set()`` (open logs before using it)."""
+    return lambda: HeldFsync(monkeypatch)
 
 
 @pytest.fixture

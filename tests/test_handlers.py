@@ -131,29 +131,18 @@ async def test_wrong_secret_is_refused(http_client, base_url):
 
 
 @pytest.mark.gen_test
-async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_client, base_url, node, monkeypatch):
+async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_client, base_url, node, held_fsync):
     import asyncio
-    import os
-    import threading
-
-    entered, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def held_fsync(fd):
-        entered.set()
-        release.wait(10)
-        real_fsync(fd)
 
     node.log.inline_sync = False  # the held sync must not hold the event loop too
-    monkeypatch.setattr(os, "fsync", held_fsync)
+    held = held_fsync()
     write = asyncio.ensure_future(node.write("set", "a", 1))  # shipped at once (to nowhere): the sync starts
-    loop = asyncio.get_running_loop()
-    assert await loop.run_in_executor(None, entered.wait, 5)
+    assert await held.started()
     pull = asyncio.ensure_future(call(http_client, base_url, "GET", "/log?after=0",
                                       headers={"X-Replication-Secret": "handler-secret"}))
     done, _ = await asyncio.wait({pull}, timeout=0.3)
     assert not done  # not durable yet: no follower may get it
-    release.set()
+    held.release.set()
     code, answer = await pull
     assert code == 200 and [e["seq"] for e in answer["entries"]] == [1]
     with pytest.raises(QuorumTimeout):

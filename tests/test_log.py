@@ -172,30 +172,20 @@ async def append_then_sync(log, seq):
 
 
 @pytest.mark.gen_test
-async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path, monkeypatch):
-    import threading
-
+async def test_records_appended_while_a_sync_runs_wait_for_the_next_one(tmp_path, monkeypatch, held_fsync):
     from node import log as logmodule
 
     monkeypatch.setattr(logmodule, "INLINE_SYNC_MAX_S", 0.0)  # every sync in the thread
-    entered, release = threading.Event(), threading.Event()
-    real_fsync = os.fsync
-
-    def held_fsync(fd):
-        entered.set()
-        release.wait(10)
-        real_fsync(fd)
-
     log, _ = LogFile.open(str(tmp_path), "batch")
-    monkeypatch.setattr(os, "fsync", held_fsync)
+    held = held_fsync()
     log.inline_sync = False
     log.append(entry(1))
     first = log.sync_future()
-    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)  # the first fsync runs
+    assert await held.started()  # the first fsync runs
     log.append(entry(2))
     second = log.sync_future()
     assert second is not first
-    release.set()
+    held.release.set()
     await second
     assert first.done() and log.synced == log.appended == 2
     log.close()
