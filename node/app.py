@@ -17,8 +17,9 @@ from tornado.web import Application
 
 from node import handlers as h
 from node.config import Config, ConfigError, load_config
-from node.follower import Follower
-from node.leader import Leader, LeaderLogError
+from node.leader import LeaderLogError
+from node.replica import Replica
+from node.terms import TermFileError
 from node.limits import Limits
 from node.log import LogCorruptError, LogFile
 
@@ -45,6 +46,9 @@ def routes(node) -> list:
         (r"/delete/(.+)", h.DeleteHandler, args),
         (r"/clear", h.ClearHandler, args),
         (r"/log", h.LogHandler, args),
+        (r"/admin/promote", h.PromoteHandler, args),
+        (r"/admin/promise", h.PromiseHandler, args),
+        (r"/admin/entries", h.EntriesHandler, args),
         (r"/openapi.json", h.OpenApiHandler, args),
     ]
 
@@ -73,8 +77,7 @@ def open_node(config: Config):
     """Open the node's log, replay it and build the role's object (raises on a damaged log)."""
     log_file, entries = LogFile.open(config.data_dir, config.fsync)
     try:
-        node_class = Leader if config.is_leader else Follower
-        return node_class(config, Limits.from_config(config), log_file, entries)
+        return Replica(config, Limits.from_config(config), log_file, entries)
     except Exception:
         log_file.close()
         raise
@@ -124,10 +127,10 @@ async def serve(config: Config) -> None:
     node, server = await start_node(config)
     log.info("%s listening on %s:%d, data in %s (fsync=%s)", config.role, config.host, config.port,
              config.data_dir, config.fsync)
-    if config.is_leader:
-        log.info("followers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms, BATCH_LINGER_US=%d",
-                 ",".join(config.followers), config.write_quorum, config.min_delay_ms,
-                 config.max_delay_ms, config.write_timeout_ms, config.batch_linger_us)
+    log.info("term %d, %s; peers %s, WRITE_QUORUM=%d, delay %d..%d ms, WRITE_TIMEOUT=%d ms, BATCH_LINGER_US=%d",
+             node.state.term, f"leader {node.state.leader_id}" if node.state.leader_id else "no leader known yet",
+             ",".join(f"{i}={a}" for i, a in config.peers), config.write_quorum, config.min_delay_ms,
+             config.max_delay_ms, config.write_timeout_ms, config.batch_linger_us)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,6 +160,6 @@ def main() -> None:
     setup_logging(config)
     try:
         event_loop_runner()(serve(config))
-    except (LogCorruptError, LeaderLogError, OSError) as exc:
+    except (LogCorruptError, LeaderLogError, TermFileError, OSError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

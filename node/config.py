@@ -4,10 +4,10 @@ A wrong setting must stop the node before it serves anything, with one line that
 variable, the value seen and what is allowed: a replica that silently runs with
 ``WRITE_QUORUM=0`` or ``MIN_DELAY > MAX_DELAY`` measures and promises the wrong thing.
 
-    >>> cfg = load_config({"ROLE": "follower", "NODE_ID": "f1", "LEADER": "127.0.0.1:8000",
-    ...                  "REPLICATION_SECRET": "example-secret"})
-    >>> cfg.port
-    8001
+    >>> cfg = load_config({"ROLE": "follower", "NODE_ID": "f1", "REPLICATION_SECRET": "example-secret",
+    ...                    "PEERS": "leader=127.0.0.1:8000,f1=127.0.0.1:8001"})
+    >>> cfg.port, cfg.followers
+    (8001, ('127.0.0.1:8000',))
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    role: str
+    role: str  # the role taken while no term is recorded (a new cluster); then the terms decide
     node_id: str
     host: str
     port: int
@@ -37,21 +37,36 @@ class Config:
     max_body_bytes: int
     replication_secret: str
     log_level: str
-    # Leader only.
-    followers: tuple[str, ...] = ()
-    write_quorum: int = 0
+    peers: tuple[tuple[str, str], ...] = ()  # (node id, host:port) of every node, this one included
+    # Cluster-wide: every node may lead, so every node knows how.
+    write_quorum: int = 1
     min_delay_ms: int = 0
     max_delay_ms: int = 0
-    write_timeout_ms: int = 0
+    write_timeout_ms: int = 10_000
     delay_seed: int | None = None
     batch_linger_us: int = 0
-    # Follower only.
-    leader: str = ""
-    catchup_interval_ms: int = 0
+    catchup_interval_ms: int = 2000
+    read_wait_ms: int = 1000
 
     @property
     def is_leader(self) -> bool:
         return self.role == "leader"
+
+    @property
+    def address(self) -> str:
+        return dict(self.peers)[self.node_id]
+
+    def address_of(self, node_id: str | None) -> str | None:
+        return dict(self.peers).get(node_id) if node_id else None
+
+    def others(self) -> list[tuple[str, str]]:
+        """Every other node, as (id, address), in PEERS order."""
+        return [(node_id, address) for node_id, address in self.peers if node_id != self.node_id]
+
+    @property
+    def followers(self) -> tuple[str, ...]:
+        """Addresses of the nodes this one replicates to when it leads."""
+        return tuple(address for _, address in self.others())
 
 
 def _get(env: Mapping[str, str], name: str, default: str | None) -> str:
@@ -89,16 +104,25 @@ def parse_address(name: str, raw: str) -> str:
     return raw
 
 
-def _addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = _get(env, name, None)
-    items = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not items:
-        raise ConfigError(f"{name}={raw!r} lists no address; give comma-separated host:port entries")
-    for item in items:
-        parse_address(name, item)
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{name}={raw!r} lists an address twice; each follower must appear once")
-    return items
+def _peers(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``PEERS=leader=leader:8000,follower1=follower1:8000,...``: every node's id and address."""
+    raw = _get(env, "PEERS", None)
+    peers = []
+    for item in (part.strip() for part in raw.split(",") if part.strip()):
+        node_id, sep, address = item.partition("=")
+        if not sep or not node_id.strip():
+            raise ConfigError(f"PEERS entry {item!r} is not id=host:port; e.g. PEERS=leader=leader:8000,"
+                              f"follower1=follower1:8000")
+        peers.append((node_id.strip(), parse_address("PEERS", address.strip())))
+    ids = [node_id for node_id, _ in peers]
+    addresses = [address for _, address in peers]
+    for name, values in (("id", ids), ("address", addresses)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"PEERS lists the {name} {twice[0]!r} twice; each node must appear once with its own address")
+    if len(peers) < 2:
+        raise ConfigError(f"PEERS={raw!r} lists {len(peers)} node(s); a cluster needs a leader and at least one follower")
+    return tuple(peers)
 
 
 def _secret(env: Mapping[str, str]) -> str:
@@ -114,8 +138,8 @@ _HINTS = {
     "REPLICATION_SECRET": "every node needs the same REPLICATION_SECRET (8..256 characters), "
                           "e.g. REPLICATION_SECRET=$(openssl rand -hex 16)",
     "ROLE": "set ROLE=leader or ROLE=follower",
-    "FOLLOWERS": "the leader needs FOLLOWERS=host:port,host:port,... (its followers)",
-    "LEADER": "a follower needs LEADER=host:port (the leader's address)",
+    "PEERS": "every node needs PEERS=id=host:port,... listing all nodes of the cluster, itself included, "
+             "e.g. PEERS=leader=leader:8000,follower1=follower1:8000",
 }
 
 
@@ -124,36 +148,37 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     role = _choice(env, "ROLE", None, ROLES)
     node_id = _get(env, "NODE_ID", role)
-    common = dict(
+    peers = _peers(env)
+    addresses = dict(peers)
+    if node_id not in addresses:
+        raise ConfigError(f"NODE_ID={node_id!r} is not in PEERS (ids: {', '.join(addresses)}); "
+                          f"give this node's id as PEERS lists it")
+    default_port = int(addresses[node_id].rpartition(":")[2])
+    return Config(
         role=role,
         node_id=node_id,
         host=_get(env, "HOST", "127.0.0.1"),
-        port=_int(env, "PORT", 8000 if role == "leader" else 8001, 1, 65535),
+        port=_int(env, "PORT", default_port, 1, 65535),
         data_dir=_get(env, "DATA_DIR", os.path.join("data", node_id)),
         fsync=_choice(env, "FSYNC", "batch", FSYNC_POLICIES),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20),
         replication_secret=_secret(env),
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
-    )
-    if role == "leader":
-        return Config(**common, **_leader_settings(env))
-    return Config(
-        **common,
-        leader=parse_address("LEADER", _get(env, "LEADER", None)),
-        catchup_interval_ms=_int(env, "CATCHUP_INTERVAL", 2000, 50, 600_000),
+        peers=peers,
+        catchup_interval_ms=_int(env, "CATCHUP_INTERVAL", 2000, 50, 600_000, " ms"),
+        read_wait_ms=_int(env, "READ_WAIT", 1000, 0, 60_000, " ms"),
+        **_replication_settings(env, len(peers) - 1),
     )
 
 
-def _leader_settings(env: Mapping[str, str]) -> dict:
-    followers = _addresses(env, "FOLLOWERS")
-    n = len(followers)
-    quorum = _int(env, "WRITE_QUORUM", min(2, n), 1, n, f" (number of followers in FOLLOWERS is {n})")
+def _replication_settings(env: Mapping[str, str], n: int) -> dict:
+    """What a node needs to lead: every node may be promoted, so every node validates these."""
+    quorum = _int(env, "WRITE_QUORUM", min(2, n), 1, n, f" (PEERS lists {n} followers besides the leader)")
     min_delay = _int(env, "MIN_DELAY", 0, 0, 600_000, " ms")
     max_delay = _int(env, "MAX_DELAY", max(1000, min_delay), 0, 600_000, " ms")
     if max_delay < min_delay:
         raise ConfigError(f"MAX_DELAY={max_delay} is below MIN_DELAY={min_delay}; need 0 <= MIN_DELAY <= MAX_DELAY")
     return dict(
-        followers=followers,
         write_quorum=quorum,
         min_delay_ms=min_delay,
         max_delay_ms=max_delay,

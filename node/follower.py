@@ -38,9 +38,14 @@ class ShuttingDown(Exception):
 class Follower:
     role = "follower"
 
-    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry]) -> None:
+    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry],
+                 host=None) -> None:
+        """``host`` (the node, ``node.replica``) owns the terms: it says which leader to pull
+        from and hears what the leader's answers say of its term and history."""
         self.config, self.limits, self.log = config, limits, log_file
-        self.store = Store()
+        self.host = host
+        self.store = host.store if host is not None else Store()
+        self.store.reset()
         self.core = FollowerCore(self.store)
         self.core.replay([(entry, record_fingerprint(encode_record(entry))) for entry in entries])
         self.catch_up = CatchUp(config.catchup_interval_ms / 1000)
@@ -48,6 +53,7 @@ class Follower:
         self.background = TaskGroup("catch-up")
         self.receiving = InFlight()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         if entries:
             log.info("replayed %d records from %s: applied up to seq %d, %d waiting for a gap",
                      len(entries), log_file.path, self.store.applied_seq, len(self.core.pending))
@@ -104,20 +110,42 @@ class Follower:
                 return
             except Exception as exc:  # leader down or unreachable: try again next tick
                 if self.catch_up.failed(f"{type(exc).__name__}: {exc}", time.monotonic()):
-                    log.warning("cannot pull from leader %s: %s", self.config.leader, exc)
+                    log.warning("cannot pull from leader %s: %s", self.leader_address or "(none known)", exc)
 
     async def _sleep_until(self, when: float) -> None:
+        """Rest until ``when``, or until stopped or woken (a new leader to pull from)."""
+        self._wake.clear()
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
-            await asyncio.wait_for(self._stopping.wait(), max(0.0, when - time.monotonic()))
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=max(0.0, when - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    @property
+    def leader_address(self) -> str | None:
+        return self.host.leader_address if self.host is not None else None
 
     async def _pull(self, after: int, upto: int | None) -> None:
-        """Fetch one page of entries after ``after`` (up to ``upto``) and store it."""
-        request = peers.log_request(self.config.leader, self.config.replication_secret, after=after,
-                                    upto=upto, limit=PULL_LIMIT, node_id=self.config.node_id)
-        response = await self.client.fetch(request)
+        """Fetch one page of entries after ``after`` (up to ``upto``) and store it. Without a
+        known leader, ask the peers who leads first."""
+        if self.leader_address is None:
+            await self.host.discover_leader(self.client)
+        leader = self.leader_address
+        if leader is None:
+            raise LookupError("no leader known: no peer answered /health as the leader of this term or a later one")
+        term = self.host.state.term
+        request = peers.log_request(leader, self.config.replication_secret, after=after,
+                                    upto=upto, limit=PULL_LIMIT, node_id=self.config.node_id, term=term)
+        response = await self.client.fetch(request, raise_error=False)
+        if response.code == 409:  # a stale term on one side: whoever is behind learns the other's
+            answer = codec.loads(response.body)
+            await self.host.heard_of_term_async(int(answer["term"]), answer.get("leader_id"))
+            raise LookupError(f"the leader at {leader} answered 409: {answer.get('error')}")
+        response.rethrow()
         answer = codec.loads(response.body)
+        await self.host.heard_from_leader(int(answer["term"]), answer["leader_id"], answer["history"],
+                                          int(answer.get("committed", 0)))
         entries = [Entry.from_dict(item) for item in answer["entries"]]
         if entries:
             log.info("pulled %d entries from the leader (seq %d..%d)", len(entries), entries[0].seq, entries[-1].seq)
@@ -126,12 +154,22 @@ class Follower:
         if conflict:
             log.error("%s", conflict)
         if self.catch_up.page(int(answer["last_seq"]), bool(answer.get("more")), time.monotonic()):
-            log.info("leader %s reachable again", self.config.leader)
+            log.info("leader %s reachable again", leader)
+
+    def restart_catch_up(self) -> None:
+        """Pull everything the (new) leader has at the next tick: after a change of leader or a
+        rollback, nothing pushed so far says what is missing."""
+        self.catch_up.upto = None
+        self.catch_up.next_at = 0.0
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def status(self) -> dict:
         core = self.core
         return {
-            "role": self.role, "node_id": self.config.node_id, "leader": self.config.leader,
+            "role": self.role, "node_id": self.config.node_id, "leader": self.leader_address,
             "applied_seq": self.store.applied_seq, "received_seq": core.received_max,
             "waiting_for_gap": len(core.pending), "first_waiting": sorted(core.pending)[:20],
             "leader_last_seq": core.leader_last_seq, "lag": core.lag, "keys": len(self.store),
@@ -144,8 +182,13 @@ class Follower:
         self._stopping.set()
         await self.receiving.wait_idle(timeout)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop pulling (the node leads from now on, or shuts down); the log stays open."""
         self._stopping.set()
         await self.background.cancel_all()
         self.client.close()
-        self.log.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.host is None:
+            self.log.close()

@@ -12,15 +12,18 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from tornado.web import RequestHandler, stream_request_body
 
 from node import codec
+from node.core.terms import StaleTerm, check_history, term_at
 from node.follower import EntryConflict, ShuttingDown
 from node.leader import LeaderStopping, WriteTimeout
 from node.log import Entry, EntryError
 from node.peers import SECRET_HEADER
+from node.replica import NotLeader
 from node.validation import ApiError, BoundedBody, body_too_large_message, json_type, validate_key
 
 log = logging.getLogger(__name__)
@@ -84,13 +87,21 @@ class BaseHandler(RequestHandler):
 
     def ensure_leader(self) -> None:
         if self.node.role != "leader":
-            leader = self.node.config.leader
-            raise ApiError(
-                403,
-                f"this node ({self.node.config.node_id}) is a follower and accepts no writes; "
-                f"send writes to the leader at {leader}",
-                leader=leader,
-            )
+            raise not_leader_error(self.node)
+
+
+def not_leader_error(node) -> ApiError:
+    """421 Misdirected Request: this node does not lead; the body names who does."""
+    fields = node.not_leader_fields()
+    where = (f"send writes to the leader {fields['leader_id']} at {fields['leader_address']}" if fields["leader_address"]
+             else "no leader is known right now (a promotion may be in progress); ask again shortly")
+    return ApiError(421, f"this node ({node.config.node_id}) does not lead term {fields['term']} and accepts no "
+                         f"writes; {where}", **fields)
+
+
+def stale_term_error(node, stale: StaleTerm) -> ApiError:
+    """409: a message from an older term is refused; the body gives this node's term and leader."""
+    return ApiError(409, f"refused: {stale}; nothing changed", **node.not_leader_fields())
 
 
 class NotFoundHandler(BaseHandler):
@@ -101,7 +112,7 @@ class NotFoundHandler(BaseHandler):
 
 class HealthHandler(BaseHandler):
     def get(self) -> None:
-        self.send_json({"status": "ok", "role": self.node.role, "node_id": self.node.config.node_id})
+        self.send_json(self.node.health())
 
 
 class StatusHandler(BaseHandler):
@@ -147,6 +158,7 @@ def write_answer(node, op: str, key: str | None, value: Any, outcome) -> dict:
         "key": key,
         "value": value,
         "seq": outcome.entry.seq,
+        "term": outcome.entry.term,
         "confirmations": outcome.confirmations,
         "quorum": quorum,
         "message": f"Replicated to {outcome.confirmations}/{total} followers (quorum: {quorum})",
@@ -187,6 +199,8 @@ class MutationHandler(BaseHandler):
                 outcome = await self.node.write(op, key, value)
             except WriteTimeout as timeout:
                 raise timeout_error(timeout) from None
+            except NotLeader:
+                raise not_leader_error(self.node) from None
             except LeaderStopping as stopping:
                 raise ApiError(503, str(stopping), success=False, seq=stopping.seq, outcome="unknown",
                                confirmations=stopping.confirmations, quorum=stopping.quorum) from None
@@ -229,37 +243,65 @@ class ReplicateHandler(BaseHandler):
 
     async def post(self) -> None:
         self.check_secret()
-        if self.node.role != "follower":
-            raise ApiError(403, "only followers accept /replicate")
-        entries, single = parse_entries(self.json_body())
+        push = parse_push(self.json_body(), self.node.config)
         try:
-            await self.node.accept(entries)
+            await self.node.replicate(push.term, push.leader_id, push.history, push.committed, push.entries)
+        except StaleTerm as stale:
+            raise stale_term_error(self.node, stale) from None
         except EntryConflict as exc:
             log.error("%s", exc)
             raise ApiError(409, str(exc)) from None
         except ShuttingDown as exc:
             raise ApiError(503, str(exc)) from None
-        self.send_json(replicate_answer(self.node, entries, single))
+        self.send_json(replicate_answer(self.node, push.entries))
 
 
-def replicate_answer(node, entries: list[Entry], single: bool) -> dict:
-    answer = {"ok": True, "count": len(entries), "node_id": node.config.node_id,
-              "applied_seq": node.store.applied_seq}
-    if single:
-        answer["seq"] = entries[0].seq
-    return answer
+def replicate_answer(node, entries: list[Entry]) -> dict:
+    return {"ok": True, "count": len(entries), "node_id": node.config.node_id, "term": node.state.term,
+            "applied_seq": node.store.applied_seq}
 
 
-def parse_entries(body: Any) -> tuple[list[Entry], bool]:
-    """The entries of a /replicate body, and whether it was a single entry rather than a batch."""
+PUSH_FIELDS = {"term", "leader_id", "history", "committed", "entries"}
+
+
+@dataclass
+class Push:
+    term: int
+    leader_id: str
+    history: list
+    committed: int
+    entries: list[Entry]
+
+
+def parse_push(body: Any, config) -> Push:
+    """A /replicate body: ``{"term", "leader_id", "history", "committed", "entries": [...]}``."""
+    if not isinstance(body, dict) or set(body) != PUSH_FIELDS:
+        got = sorted(body) if isinstance(body, dict) else json_type(body)
+        raise ApiError(400, f"a push is a JSON object with exactly the fields {', '.join(sorted(PUSH_FIELDS))}; got {got}")
+    term, leader_id, committed = body["term"], body["leader_id"], body["committed"]
+    if type(term) is not int or term < 1:
+        raise ApiError(400, f"push term must be an integer >= 1, got {term!r}")
+    if type(committed) is not int or committed < 0:
+        raise ApiError(400, f"push committed must be an integer >= 0, got {committed!r}")
+    if config.address_of(leader_id) is None or leader_id == config.node_id:
+        raise ApiError(400, f"push leader_id {leader_id!r} is not another node of PEERS")
     try:
-        if isinstance(body, dict) and "entries" in body:
-            if set(body) != {"entries"} or not isinstance(body["entries"], list) or not body["entries"]:
-                raise EntryError('a batch must be {"entries": [entry, ...]} with at least one entry')
-            return [Entry.from_dict(item) for item in body["entries"]], False
-        return [Entry.from_dict(body)], True
+        history = check_history(body["history"]) if isinstance(body["history"], list) else None
+    except ValueError as exc:
+        raise ApiError(400, f"push history: {exc}") from None
+    if not history or history[-1][0] != term:
+        raise ApiError(400, f"push history must be a non-empty list ending with the push's term {term}")
+    entries = body["entries"]
+    if not isinstance(entries, list) or not entries:
+        raise ApiError(400, 'a push carries "entries": [entry, ...] with at least one entry')
+    try:
+        parsed = [Entry.from_dict(item) for item in entries]
     except EntryError as exc:
         raise ApiError(400, f"invalid entry: {exc}") from None
+    wrong = [e.seq for e in parsed if term_at(history, e.seq) != e.term]
+    if wrong:
+        raise ApiError(400, f"entries {wrong[:10]} carry a term their history does not give their seq")
+    return Push(term, leader_id, list(history), committed, parsed)
 
 
 class LogHandler(BaseHandler):
@@ -267,13 +309,19 @@ class LogHandler(BaseHandler):
 
     async def get(self) -> None:
         self.check_secret()
-        if self.node.role != "leader":
-            raise ApiError(403, f"only the leader serves /log; ask {self.node.config.leader}")
         after = self._int_arg("after", 0)
         upto = self._int_arg("upto", None)
         limit = self._int_arg("limit", 1000)
+        term = self._int_arg("term", None)
         if limit < 1 or limit > 10_000:
             raise ApiError(400, f"limit={limit} is out of range 1..10000")
+        try:
+            await self.node.serve_log(term)
+        except StaleTerm as stale:
+            raise stale_term_error(self.node, stale) from None
+        if self.node.role != "leader":
+            raise ApiError(409, f"only the leader serves /log; this node ({self.node.config.node_id}) follows",
+                           **self.node.not_leader_fields())
         node_id = self.get_query_argument("node_id", "")
         if node_id:
             self.node.note_follower_pull(node_id, after)
@@ -289,7 +337,10 @@ class LogHandler(BaseHandler):
         more = bool(page) and page[-1]["seq"] < end
         if page:  # a follower must never hold an entry its leader could still lose
             await self.node.durable_through(page[-1]["seq"])
-        self.send_json({"entries": page, "last_seq": self.node.last_seq, "more": more})
+        state = self.node.state
+        self.send_json({"entries": page, "last_seq": self.node.last_seq, "more": more, "term": state.term,
+                        "leader_id": state.leader_id, "history": [list(item) for item in state.history],
+                        "committed": self.node.role_obj.core.committed})
 
     def _int_arg(self, name: str, default: int | None) -> int | None:
         raw = self.get_query_argument(name, None)
@@ -302,6 +353,47 @@ class LogHandler(BaseHandler):
         if value < 0:
             raise ApiError(400, f"query parameter {name}={value} must be >= 0")
         return value
+
+
+class PromoteHandler(BaseHandler):
+    """Internal POST /admin/promote: make this node the leader of the next term."""
+
+    async def post(self) -> None:
+        self.check_secret()
+        self.send_json(await self.node.promote())
+
+
+class PromiseHandler(BaseHandler):
+    """Internal POST /admin/promise, a candidate asking: ``{"candidate": id, "term": t}`` (durable
+    promise, then what this node holds) or ``{"candidate": id, "dry_run": true}`` (only what it
+    holds; nothing changes)."""
+
+    async def post(self) -> None:
+        self.check_secret()
+        body = self.json_body()
+        if not isinstance(body, dict) or not set(body) <= {"candidate", "term", "dry_run"}:
+            raise ApiError(400, 'a promise request is {"candidate": id, "term": t} or {"candidate": id, "dry_run": true}')
+        candidate, term, dry_run = body.get("candidate"), body.get("term"), body.get("dry_run", False)
+        if self.node.config.address_of(candidate) is None or candidate == self.node.config.node_id:
+            raise ApiError(400, f"candidate {candidate!r} is not another node of PEERS")
+        if dry_run is not True and (type(term) is not int or term < 1):
+            raise ApiError(400, f"term must be an integer >= 1, got {term!r}")
+        self.send_json(await self.node.promise(term, candidate, dry_run is True))
+
+
+class EntriesHandler(LogHandler):
+    """Internal GET /admin/entries: the durable entries any node holds in (after, upto], for a
+    candidate collecting what it lacks."""
+
+    async def get(self) -> None:
+        self.check_secret()
+        after = self._int_arg("after", 0)
+        upto = self._int_arg("upto", None)
+        limit = self._int_arg("limit", 1000)
+        if limit < 1 or limit > 10_000:
+            raise ApiError(400, f"limit={limit} is out of range 1..10000")
+        entries = self.node.held_between(after, upto, limit)
+        self.send_json({"entries": [e.to_dict() for e in entries], "node_id": self.node.config.node_id})
 
 
 class OpenApiHandler(BaseHandler):

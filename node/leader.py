@@ -40,7 +40,7 @@ from node.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Leader", "LeaderLogError", "LeaderStopping", "WriteOutcome", "WriteTimeout"]
+__all__ = ["Leader", "LeaderLogError", "LeaderSteppedDown", "LeaderStopping", "WriteOutcome", "WriteTimeout"]
 
 # How long the writes failed at shutdown get to write their 503 before connections close.
 ANSWER_GRACE_S = 1.0
@@ -77,24 +77,43 @@ class LeaderStopping(Exception):
             f"outcome is unknown: read the key to find out")
 
 
+class LeaderSteppedDown(LeaderStopping):
+    """A node of a later term exists: this leader stepped down while the write waited."""
+
+    def __init__(self, seq: int, confirmations: int, quorum: int, term: int, leader_id: str | None):
+        self.seq, self.confirmations, self.quorum = seq, confirmations, quorum
+        Exception.__init__(
+            self, f"this node stepped down (term {term} began{', led by ' + leader_id if leader_id else ''}) while "
+                  f"write seq {seq} had {confirmations} of {quorum} required follower confirmations; the outcome is "
+                  f"unknown: the new leader keeps the write if a quorum held it. Read the key on the new leader")
+
+
 class Leader:
     role = "leader"
 
-    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry]) -> None:
+    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry],
+                 host=None) -> None:
+        """``host`` (the node, ``node.replica``) owns the terms: it gives this leader its term and
+        history and hears when a follower knows a later term."""
         self.config, self.limits, self.log = config, limits, log_file
+        self.host = host
+        self.term = host.state.term if host is not None else 1
         try:
             self.core = LeaderCore(
                 list(config.followers), config.write_quorum, config.write_timeout_ms,
                 config.min_delay_ms, config.max_delay_ms, linger_us=config.batch_linger_us,
-                max_batch_bytes=limits.max_batch_bytes, rng=random.Random(config.delay_seed), entries=entries)
+                max_batch_bytes=limits.max_batch_bytes, rng=random.Random(config.delay_seed), entries=entries,
+                term=self.term)
         except LeaderLogError as exc:
             raise LeaderLogError(f"leader log {log_file.path} {exc}") from None
-        self.store = Store()
+        self.store = host.store if host is not None else Store()
+        self.store.reset()
         for entry in self.core.entries:
             self.store.apply(entry)
         self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
         self.client = peers.make_client()
-        self.writes = InFlight()  # write requests being answered (counted by the handlers)
+        # Write requests being answered (counted by the handlers, on the node: they outlive a role).
+        self.writes = host.writes if host is not None else InFlight()
         self._quorum_waiters: dict[int, asyncio.Future] = {}
         self._wakeup = Wakeup(self._step)
         self._step_planned = False
@@ -165,8 +184,15 @@ class Leader:
                 self.core.failed(batch.address, f"{type(exc).__name__}: {exc}", now)
         self._wakeup.arm(self.core.next_deadline())
 
+    def _push_header(self) -> bytes:
+        """What every push carries besides its entries: the term, who leads it, the history of
+        the log the entries belong to, and how far the write quorum holds it."""
+        history = self.host.state.history if self.host is not None else ((self.term, 1, self.config.node_id),)
+        return codec.dumps({"term": self.term, "leader_id": self.config.node_id,
+                            "history": [list(item) for item in history], "committed": self.core.committed})[:-1]
+
     def _send(self, batch: Batch) -> None:
-        body = b'{"entries":[' + b",".join(d.payload for d in batch.entries) + b"]}"
+        body = self._push_header() + b',"entries":[' + b",".join(d.payload for d in batch.entries) + b"]}"
         request = peers.replicate_request(batch.address, body, self.config.replication_secret)
         self.client.fetch(request, raise_error=False).add_done_callback(
             lambda done: self._answered(batch.address, done))
@@ -199,10 +225,26 @@ class Leader:
                 return
             for seq, confirmations in self.core.answered(address, applied, node_id, now):
                 self._resolve(seq, confirmations=confirmations)
+        elif response.code == 409 and self._later_term(response.body):
+            self.core.failed(address, f"HTTP 409: {response.body[:300]!r}", now)
         elif is_refusal(response.code):
             self.core.refused(address, f"HTTP {response.code}: {response.body[:300]!r}", now)
         else:
             self.core.failed(address, f"HTTP {response.code}: {(response.body or b'')[:200]!r}", now)
+
+    def _later_term(self, body: bytes) -> bool:
+        """A follower refused a push because it knows a later term: tell the node, which steps
+        down (fencing). True if that is what the answer says."""
+        try:
+            answer = codec.loads(body)
+            term = int(answer["term"])
+        except (ValueError, KeyError, TypeError, OverflowError):
+            return False
+        if term <= self.term:
+            return False
+        if self.host is not None:
+            self.host.heard_of_term(term, answer.get("leader_id"))
+        return True
 
     def _resolve(self, seq: int, confirmations: int = 0, error: Exception | None = None) -> None:
         future = self._quorum_waiters.pop(seq, None)
@@ -236,7 +278,8 @@ class Leader:
         }
         c = self.config
         return {
-            "role": self.role, "node_id": c.node_id, "last_seq": self.last_seq,
+            "role": self.role, "node_id": c.node_id, "term": self.term, "last_seq": self.last_seq,
+            "committed_seq": self.core.committed,
             "applied_seq": self.store.applied_seq, "keys": len(self.store),
             "write_quorum": c.write_quorum, "min_delay_ms": c.min_delay_ms, "max_delay_ms": c.max_delay_ms,
             "write_timeout_ms": c.write_timeout_ms, "delay_seed": c.delay_seed,
@@ -258,9 +301,21 @@ class Leader:
             self._resolve(seq, error=LeaderStopping(seq, self.core.quorum.confirmations(seq), self.config.write_quorum))
         await self.writes.wait_idle(ANSWER_GRACE_S)
 
-    async def close(self) -> None:
+    def step_down(self, term: int, leader_id: str | None) -> None:
+        """Stop leading at once: no more sends, and every write still waiting for its quorum is
+        answered 503, outcome unknown (the log stays open: the node goes on as a follower)."""
+        for seq in list(self._quorum_waiters):
+            self._resolve(seq, error=LeaderSteppedDown(seq, self.core.quorum.confirmations(seq),
+                                                       self.config.write_quorum, term, leader_id))
+        self._stop()
+
+    def _stop(self) -> None:
         self._closed = True
         self._wakeup.cancel()
         self.core.close()
         self.client.close()
-        self.log.close()
+
+    async def close(self) -> None:
+        self._stop()
+        if self.host is None:
+            self.log.close()

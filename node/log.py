@@ -52,7 +52,8 @@ VERSION = 2  # the format this build writes
 READS_VERSIONS = (1, 2)  # the formats it reads; 1 is upgraded on open
 HEADER_PREFIX = b"#kvlog "
 HEADER = HEADER_PREFIX + b"%d\n" % VERSION
-OPS = ("set", "delete", "clear")
+# "noop" changes no key: a new leader's term-start entry, or a seq nobody held at a failover.
+OPS = ("set", "delete", "clear", "noop")
 LOG_FILE_NAME = "replication.log"
 UPGRADE_SUFFIX = ".upgrade"  # the converted log is written here, then renamed over the old one
 # Group-commit fsyncs run on the event loop while they average less than this, else in the
@@ -124,7 +125,7 @@ class Entry:
             raise EntryError(f"entry seq must be an integer >= 1, got {seq!r}")
         if op not in OPS:
             raise EntryError(f"entry op must be one of {', '.join(OPS)}, got {op!r}")
-        if op != "clear" and (not isinstance(key, str) or not key):
+        if op in ("set", "delete") and (not isinstance(key, str) or not key):
             raise EntryError(f"entry key must be a non-empty string for op {op!r}")
         if not isinstance(ts, (int, float)) or isinstance(ts, bool):
             raise EntryError(f"entry ts must be a number, got {ts!r}")
@@ -332,7 +333,7 @@ class LogFile:
         f.seek(good_end)
         f.flush()
         os.fsync(f.fileno())
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         return cls(path, fsync, f), [r.entry for r in records]
 
     def append(self, entry: Entry) -> None:
@@ -470,6 +471,15 @@ class LogFile:
             self._round, self._round_covers = waiting, None
             asyncio.get_running_loop().call_soon(self._run_round)
 
+    @classmethod
+    def rewrite(cls, old: LogFile, data_dir: str, entries: list[Entry]) -> LogFile:
+        """Replace the log by exactly ``entries`` (atomic) and return it open for appending:
+        after a rollback, or when a promoted follower puts its log in sequence order."""
+        old.close()
+        write_log_file(old.path, entries, mode_of=old.path)
+        reopened, _ = cls.open(data_dir, old.fsync)
+        return reopened
+
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
         if not self._file.closed:
@@ -478,29 +488,36 @@ class LogFile:
             self._file.close()
 
 
-def _upgrade_v1(path: str, records: list[Record]) -> int:
-    """Rewrite a version 1 log as version 2 and return its new size.
+def write_log_file(path: str, entries: list[Entry], mode_of: str | None = None) -> int:
+    """Write ``entries`` as a whole version-2 log at ``path``, atomically, and return its size.
 
-    Atomic: the converted log is written and synced to a temporary file in the same directory,
-    then renamed over the old one, and the directory synced. A crash leaves either the old log
-    (upgraded again on the next open, overwriting the temporary file) or the new one, whole.
+    The log is written and synced to a temporary file in the same directory, renamed over
+    ``path`` and the directory synced: a crash leaves the old file or the new one, whole.
     """
-    data = HEADER + b"".join(encode_record(r.entry) for r in records)
+    data = HEADER + b"".join(encode_record(entry) for entry in entries)
     temporary = path + UPGRADE_SUFFIX
     try:
         with open(temporary, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))  # the log keeps its permissions
+        if mode_of and os.path.exists(mode_of):
+            os.chmod(temporary, stat.S_IMODE(os.stat(mode_of).st_mode))  # the log keeps its permissions
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
-    _fsync_dir(os.path.dirname(path))
-    log.info("log %s: upgraded from format version 1 to %d: %d records, read as term 1", path, VERSION, len(records))
+    fsync_dir(os.path.dirname(path) or ".")
     return len(data)
+
+
+def _upgrade_v1(path: str, records: list[Record]) -> int:
+    """Rewrite a version 1 log as version 2 and return its new size (atomic, see
+    :func:`write_log_file`: a crash leaves the old log, upgraded again on the next open)."""
+    size = write_log_file(path, [r.entry for r in records], mode_of=path)
+    log.info("log %s: upgraded from format version 1 to %d: %d records, read as term 1", path, VERSION, len(records))
+    return size
 
 
 def _timed_fsync(fd: int) -> float:
@@ -509,7 +526,7 @@ def _timed_fsync(fd: int) -> float:
     return time.perf_counter() - started
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """Make a newly created file's directory entry durable too."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -58,3 +58,20 @@ def log_request(leader: str, secret: str, **params) -> HTTPRequest:
 
 def health_request(address: str) -> HTTPRequest:
     return HTTPRequest(f"http://{address}/health", request_timeout=SEND_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def promise_request(address: str, body: bytes, secret: str, timeout: float) -> HTTPRequest:
+    return HTTPRequest(f"http://{address}/admin/promise", method="POST", body=body,
+                       headers={"Content-Type": "application/json", SECRET_HEADER: secret},
+                       request_timeout=timeout, connect_timeout=min(timeout, CONNECT_TIMEOUT_S))
+
+
+def entries_request(address: str, secret: str, after: int, upto: int, limit: int) -> HTTPRequest:
+    query = urlencode({"after": after, "upto": upto, "limit": limit})
+    return HTTPRequest(f"http://{address}/admin/entries?{query}", headers={SECRET_HEADER: secret},
+                       request_timeout=PULL_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def promote_request(address: str, secret: str, timeout: float) -> HTTPRequest:
+    return HTTPRequest(f"http://{address}/admin/promote", method="POST", body=b"",
+                       headers={SECRET_HEADER: secret}, request_timeout=timeout, connect_timeout=CONNECT_TIMEOUT_S)

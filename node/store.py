@@ -31,9 +31,14 @@ class Store:
             self._data[entry.key] = (entry.value, entry.seq)
         elif entry.op == "delete":
             self._data.pop(entry.key, None)
-        else:
+        elif entry.op == "clear":
             self._data.clear()
         self.applied_seq = entry.seq
+
+    def reset(self) -> None:
+        """Forget everything, to apply a log again from seq 1 (after a rollback)."""
+        self._data.clear()
+        self.applied_seq = 0
 
     def get(self, key: str) -> tuple[Any, int] | None:
         return self._data.get(key)

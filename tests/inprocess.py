@@ -39,12 +39,9 @@ class InProcessCluster:
         return f"127.0.0.1:{self.ports[name]}"
 
     def env(self, name: str) -> dict:
-        env = dict(self.settings, NODE_ID=name, DATA_DIR=str(self.tmp_path / name))
-        if name == "leader":
-            env.update(ROLE="leader", FOLLOWERS=",".join(self.address(f) for f in self.follower_names))
-        else:
-            env.update(ROLE="follower", LEADER=self.address("leader"))
-        return env
+        peers = ",".join(f"{node}={self.address(node)}" for node in self.ports)
+        return dict(self.settings, NODE_ID=name, DATA_DIR=str(self.tmp_path / name), PEERS=peers,
+                    ROLE="leader" if name == "leader" else "follower")
 
     async def start(self, name: str) -> None:
         """Start (or restart) one node on its reserved port and data directory."""

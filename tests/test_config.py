@@ -8,8 +8,9 @@ import pytest
 from node.config import ConfigError, load_config
 
 S = {"REPLICATION_SECRET": "s3cret-value"}
-LEADER = {**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3,d:4,e:5"}
-FOLLOWER = {**S, "ROLE": "follower", "NODE_ID": "f1", "LEADER": "leader:8000"}
+PEERS = "leader=leader:8000,a=a:1,b=b:2,c=c:3,d=d:4,e=e:5"
+LEADER = {**S, "ROLE": "leader", "PEERS": PEERS}
+FOLLOWER = {**S, "ROLE": "follower", "NODE_ID": "f1", "PEERS": "leader=leader:8000,f1=f1:8001"}
 
 
 def test_leader_defaults_follow_the_seed():
@@ -23,7 +24,14 @@ def test_leader_defaults_follow_the_seed():
 
 def test_follower_defaults():
     cfg = load_config(FOLLOWER)
-    assert (cfg.port, cfg.leader, cfg.node_id) == (8001, "leader:8000", "f1")
+    assert (cfg.port, cfg.node_id, cfg.address, cfg.followers) == (8001, "f1", "f1:8001", ("leader:8000",))
+
+
+def test_every_node_knows_the_cluster_wide_settings():
+    """Any node may be promoted, so a follower validates and keeps what leading needs."""
+    cfg = load_config({**FOLLOWER, "PEERS": PEERS, "NODE_ID": "c", "WRITE_QUORUM": "4", "MAX_DELAY": "50"})
+    assert (cfg.write_quorum, cfg.max_delay_ms, cfg.port) == (4, 50, 3)
+    assert cfg.followers == ("leader:8000", "a:1", "b:2", "d:4", "e:5")
 
 
 @pytest.mark.parametrize(
@@ -31,7 +39,7 @@ def test_follower_defaults():
     [
         ({}, "ROLE is not set"),
         ({**S, "ROLE": "boss"}, "ROLE='boss' is not allowed; use one of leader, follower"),
-        ({**LEADER, "WRITE_QUORUM": "0"}, "WRITE_QUORUM=0 is out of range 1..5 (number of followers in FOLLOWERS is 5)"),
+        ({**LEADER, "WRITE_QUORUM": "0"}, "WRITE_QUORUM=0 is out of range 1..5 (PEERS lists 5 followers besides the leader)"),
         ({**LEADER, "WRITE_QUORUM": "7"}, "WRITE_QUORUM=7 is out of range 1..5"),
         ({**LEADER, "WRITE_QUORUM": "two"}, "WRITE_QUORUM='two' is not an integer"),
         ({**LEADER, "MIN_DELAY": "-1"}, "MIN_DELAY=-1 is out of range 0..600000 ms"),
@@ -39,14 +47,18 @@ def test_follower_defaults():
         ({**LEADER, "WRITE_TIMEOUT": "0"}, "WRITE_TIMEOUT=0 is out of range"),
         ({**LEADER, "BATCH_LINGER_US": "-5"}, "BATCH_LINGER_US=-5 is out of range 0..100000 µs"),
         ({**LEADER, "BATCH_LINGER_US": "2ms"}, "BATCH_LINGER_US='2ms' is not an integer; allowed range 0..100000 µs"),
-        ({**S, "ROLE": "leader"}, "FOLLOWERS is not set"),
-        ({**S, "ROLE": "leader", "FOLLOWERS": "a:1,a:1"}, "lists an address twice"),
-        ({**S, "ROLE": "leader", "FOLLOWERS": "nohost"}, "FOLLOWERS='nohost' is not a host:port address"),
-        ({**S, "ROLE": "leader", "FOLLOWERS": " , "}, "lists no address"),
+        ({**S, "ROLE": "leader"}, "PEERS is not set"),
+        ({**S, "ROLE": "leader", "PEERS": "leader=a:1,b=a:1"}, "PEERS lists the address 'a:1' twice"),
+        ({**S, "ROLE": "leader", "PEERS": "leader=a:1,leader=b:2"}, "PEERS lists the id 'leader' twice"),
+        ({**S, "ROLE": "leader", "PEERS": "leader=a:1,b=nohost"}, "PEERS='nohost' is not a host:port address"),
+        ({**S, "ROLE": "leader", "PEERS": "leader=a:1,b:2"}, "PEERS entry 'b:2' is not id=host:port"),
+        ({**S, "ROLE": "leader", "PEERS": "leader=a:1"}, "lists 1 node(s); a cluster needs a leader and at least one"),
+        ({**S, "ROLE": "leader", "PEERS": " , "}, "lists 0 node(s)"),
+        ({**LEADER, "NODE_ID": "zed"}, "NODE_ID='zed' is not in PEERS (ids: leader, a, b, c, d, e)"),
+        ({**FOLLOWER, "READ_WAIT": "-1"}, "READ_WAIT=-1 is out of range 0..60000 ms"),
         ({**FOLLOWER, "REPLICATION_SECRET": ""}, "REPLICATION_SECRET is not set; every node needs the same"),
         ({**FOLLOWER, "REPLICATION_SECRET": "short"}, "REPLICATION_SECRET has 5 characters; use 8..256"),
-        ({**FOLLOWER, "LEADER": ""}, "LEADER is not set"),
-        ({**FOLLOWER, "LEADER": "leader:99999"}, "LEADER='leader:99999' is not a host:port address"),
+        ({**FOLLOWER, "PEERS": "leader=leader:99999,f1=f1:1"}, "PEERS='leader:99999' is not a host:port address"),
         ({**FOLLOWER, "PORT": "0"}, "PORT=0 is out of range 1..65535"),
         ({**FOLLOWER, "FSYNC": "sometimes"}, "FSYNC='sometimes' is not allowed; use one of always, batch, off"),
         ({**FOLLOWER, "MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES=10 is out of range"),
@@ -60,17 +72,18 @@ def test_invalid_settings_name_variable_value_and_range(env, message):
 
 
 def test_quorum_range_follows_the_number_of_followers():
-    assert load_config({**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "3"}).write_quorum == 3
+    four = "leader=l:1,a=a:1,b=b:2,c=c:3"
+    assert load_config({**S, "ROLE": "leader", "PEERS": four, "WRITE_QUORUM": "3"}).write_quorum == 3
     with pytest.raises(ConfigError, match=r"WRITE_QUORUM=4 is out of range 1..3"):
-        load_config({**S, "ROLE": "leader", "FOLLOWERS": "a:1,b:2,c:3", "WRITE_QUORUM": "4"})
+        load_config({**S, "ROLE": "leader", "PEERS": four, "WRITE_QUORUM": "4"})
 
 
 def test_node_refuses_to_start_with_one_line_naming_the_variable(tmp_path):
-    env = {**S, "ROLE": "leader", "FOLLOWERS": "a:1", "WRITE_QUORUM": "3", "DATA_DIR": str(tmp_path), "PATH": ""}
+    env = {**S, "ROLE": "leader", "PEERS": "leader=l:1,a=a:1", "WRITE_QUORUM": "3", "DATA_DIR": str(tmp_path), "PATH": ""}
     result = subprocess.run([sys.executable, "-m", "node"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == ["config error: WRITE_QUORUM=3 is out of range 1..1 (number of followers in FOLLOWERS is 1)"]
+    assert lines == ["config error: WRITE_QUORUM=3 is out of range 1..1 (PEERS lists 1 followers besides the leader)"]
 
 
 def test_delay_seed_is_optional_and_validated():

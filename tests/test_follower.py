@@ -15,7 +15,7 @@ def entry(seq, key=None, value=None, op="set"):
 
 def make_follower(tmp_path):
     config = load_config({"REPLICATION_SECRET": "follower-secret", "ROLE": "follower", "NODE_ID": "f1",
-                          "LEADER": "127.0.0.1:1", "DATA_DIR": str(tmp_path)})
+                          "PEERS": "leader=127.0.0.1:1,f1=127.0.0.1:8001", "DATA_DIR": str(tmp_path)})
     return open_node(config)
 
 
@@ -100,7 +100,7 @@ async def test_restart_rebuilds_state_from_an_arrival_order_log(tmp_path):
         await follower.accept([entry(seq)])
     await follower.close()
     again = make_follower(tmp_path)
-    assert again.store.applied_seq == 2 and sorted(again.core.pending) == [4, 5]
+    assert again.store.applied_seq == 2 and sorted(again.role_obj.core.pending) == [4, 5]
     await again.accept([entry(3)])
     assert again.store.applied_seq == 5
     await again.close()
@@ -114,7 +114,7 @@ async def test_a_batch_with_one_conflicting_entry_changes_nothing(tmp_path):
     with pytest.raises(EntryConflict):
         await follower.accept([entry(3), entry(2, value="different"), entry(4)])
     assert len(list(iter_entries(follower.log.path))) == appended_before
-    assert follower.store.applied_seq == 2 and follower.core.received_max == 2
+    assert follower.store.applied_seq == 2 and follower.role_obj.core.received_max == 2
 
 
 @pytest.mark.gen_test

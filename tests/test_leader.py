@@ -15,7 +15,7 @@ def leader(tmp_path):
     for seq in range(1, 11):
         log.append(Entry(seq, "set", f"k{seq}", seq, float(seq)))
     log.close()
-    return open_node(load_config({"ROLE": "leader", "FOLLOWERS": "127.0.0.1:9", "DATA_DIR": str(tmp_path),
+    return open_node(load_config({"ROLE": "leader", "PEERS": "leader=127.0.0.1:8000,f1=127.0.0.1:9", "DATA_DIR": str(tmp_path),
                                   "REPLICATION_SECRET": "leader-secret"}))
 
 

@@ -157,11 +157,10 @@ def test_examples_match_their_schemas():
 
 @pytest.fixture(params=["leader", "follower"])
 def node(request, tmp_path, io_loop):
-    env = {"ROLE": request.param, "NODE_ID": request.param, "DATA_DIR": str(tmp_path), "REPLICATION_SECRET": SECRET}
-    if request.param == "leader":
-        env.update(FOLLOWERS="127.0.0.1:9", MIN_DELAY="0", MAX_DELAY="0")
-    else:
-        env.update(LEADER="127.0.0.1:9")
+    env = {"ROLE": request.param, "NODE_ID": request.param, "DATA_DIR": str(tmp_path), "REPLICATION_SECRET": SECRET,
+           "MIN_DELAY": "0", "MAX_DELAY": "0"}
+    env["PEERS"] = ("leader=127.0.0.1:8000,other=127.0.0.1:9" if request.param == "leader"
+                    else "leader=127.0.0.1:9,follower=127.0.0.1:8001")
     node = open_node(load_config(env))
     yield node
     io_loop.run_sync(node.close)

@@ -18,7 +18,7 @@ async def test_acknowledged_write_is_already_durable_on_w_followers(make_cluster
         answers = await asyncio.gather(*(cluster.write(f"k{i}", i) for i in range(20)))
         # Checked the moment all answers are in, before anything else runs on the loop.
         leader = cluster.nodes["leader"]
-        assert leader.log.fsync == "batch" and leader.replayed + leader.log.synced >= max(a["seq"] for a in answers)
+        assert leader.log.fsync == "batch" and leader.role_obj.replayed + leader.log.synced >= max(a["seq"] for a in answers)
         for answer in answers:
             holders = [f for f in cluster.follower_names if answer["seq"] in seqs_in_log(cluster, f)]
             assert answer["confirmations"] >= quorum and len(holders) >= quorum, (answer, holders)
@@ -67,7 +67,8 @@ async def test_writes_to_a_follower_are_refused_naming_the_leader(make_cluster):
         for method, path, body in [("POST", "/write", {"key": "k", "value": "x"}),
                                    ("DELETE", "/delete/k", None), ("DELETE", "/clear", None)]:
             status, answer = await cluster.request("follower2", method, path, body)
-            assert status == 403 and answer["leader"] == cluster.address("leader")
+            assert status == 421 and answer["leader_address"] == cluster.address("leader")
+            assert answer["leader_id"] == "leader" and answer["term"] == 1
             assert cluster.address("leader") in answer["error"]
         for name in cluster.nodes:
             assert (await cluster.request(name, "GET", "/read/k"))[1]["value"] == "v"

@@ -32,11 +32,13 @@ class EntryConflict(Exception):
 
 class FollowerCore:
     """``inflight``: stored, not yet durable; ``pending``: durable, waiting for a predecessor;
-    ``fingerprints``: of every entry held, applied or not (to tell a redelivery from a
-    different entry under the same seq)."""
+    ``held``: every durable entry, applied or not (what this node can give a new leader, and
+    what it rebuilds its state from after a rollback); ``fingerprints``: of every entry held,
+    applied or not (to tell a redelivery from a different entry under the same seq)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.held: dict[int, Entry] = {}
         self.pending: dict[int, Entry] = {}
         self.inflight: dict[int, Entry] = {}
         self.fingerprints = Fingerprints()
@@ -53,6 +55,7 @@ class FollowerCore:
         for entry, print_ in entries:
             self.fingerprints.set(entry.seq, print_)
             if not self._holds(entry.seq):
+                self.held[entry.seq] = entry
                 self.pending[entry.seq] = entry
                 self.received_max = max(self.received_max, entry.seq)
         self._apply_ready()
@@ -76,6 +79,7 @@ class FollowerCore:
         """These stored entries are durable now: apply whatever became ready."""
         for entry in entries:
             if self.inflight.pop(entry.seq, None) is not None:
+                self.held[entry.seq] = entry
                 self.pending[entry.seq] = entry
         self._apply_ready()
 
@@ -83,6 +87,7 @@ class FollowerCore:
         """Their write or sync failed: they are not held, so a later delivery stores them again."""
         for entry in entries:
             self.inflight.pop(entry.seq, None)
+            self.fingerprints.set(entry.seq, 0)
 
     def leader_holds(self, last_seq: int, applied_when_asked: int) -> str | None:
         """Note the leader's last seq from a pull; a new conflict message if the leader holds
@@ -97,6 +102,33 @@ class FollowerCore:
                                   f"{applied_when_asked}: the leader lost or replaced its log")
             return self.last_conflict
         return None
+
+    def held_terms(self) -> dict[int, int]:
+        """seq -> term of every durable entry held."""
+        return {seq: entry.term for seq, entry in self.held.items()}
+
+    def roll_back(self, seqs: list[int]) -> list[Entry]:
+        """Drop the held entries at ``seqs`` (not in the new leader's log) and return them; the
+        state is rebuilt from what remains when one of them was applied already."""
+        removed = [self.held.pop(seq) for seq in seqs if seq in self.held]
+        for entry in removed:
+            self.pending.pop(entry.seq, None)
+            self.fingerprints.set(entry.seq, 0)
+        if removed and min(entry.seq for entry in removed) <= self.store.applied_seq:
+            self.store.reset()
+            self.pending = dict(self.held)
+            self._apply_ready()
+        self.received_max = max(self.held, default=0)
+        self.leader_last_seq = None
+        return removed
+
+    def beyond_applied(self) -> frozenset[int]:
+        """Seqs held durably past a gap."""
+        return frozenset(self.pending)
+
+    def entries_in_order(self) -> list[Entry]:
+        """Every held entry in seq order (a promoted follower's log)."""
+        return [self.held[seq] for seq in sorted(self.held)]
 
     @property
     def lag(self) -> int:

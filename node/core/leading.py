@@ -55,7 +55,8 @@ class LeaderCore:
 
     def __init__(self, followers: list[str], quorum: int, timeout_ms: int, min_delay_ms: float,
                  max_delay_ms: float, linger_us: int = 0, max_batch_bytes: int = 1 << 20,
-                 rng: random.Random | None = None, entries: list[Entry] = ()) -> None:
+                 rng: random.Random | None = None, entries: list[Entry] = (), term: int = 1) -> None:
+        self.term = term
         self.entries: list[Entry] = []
         for entry in entries:
             if entry.seq != len(self.entries) + 1:
@@ -79,8 +80,8 @@ class LeaderCore:
         return sum(len(channel) for channel in self.channels.values())
 
     def number(self, op: str, key: str | None, value: Any, ts: float) -> Entry:
-        """The next entry: numbered after the last one, gap-free."""
-        return Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=ts)
+        """The next entry: numbered after the last one, gap-free, in this leader's term."""
+        return Entry(seq=self.last_seq + 1, op=op, key=key, value=value, ts=ts, term=self.term)
 
     def append(self, entry: Entry, payload: Any, now: float) -> dict[str, float]:
         """Take ``entry`` (from :meth:`number`, already in the leader's log) and schedule its
@@ -96,6 +97,13 @@ class LeaderCore:
             delays[address] = round(delay, 3)
             channel.push(entry.seq, payload, now + delay / 1000)
         return delays
+
+    @property
+    def committed(self) -> int:
+        """The highest seq up to which W followers hold every entry (etcd's commit rule: sort the
+        followers' confirmed prefixes, read the W-th). Any promotion keeps all of these."""
+        matches = sorted((p.match for p in self.progress.values()), reverse=True)
+        return matches[self.quorum.quorum - 1] if len(matches) >= self.quorum.quorum else 0
 
     def ready(self, now: float) -> Ready:
         ready = Ready(timed_out=self.quorum.expire(now))

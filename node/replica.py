@@ -1,0 +1,440 @@
+"""One node of the cluster: its log, its state, its term, and the role it plays now.
+
+Every node can lead. A node starts in the role its term file says (its ``ROLE`` setting on a
+new cluster), and changes role only here:
+
+- it *steps down* (leader to follower) as soon as it hears of a later term: from a follower's
+  refusal, a push, a pull or a promise request (fencing: a leader that was only paused or cut
+  off cannot acknowledge anything once a quorum promised a later term);
+- it *follows* a leader of its term or a later one; a new history first rolls back the
+  entries the new leader's log does not have (``node.rollback``);
+- it is *promoted* (follower to leader) by ``POST /admin/promote``: promises from enough
+  followers, the entries they hold fetched, a term-start entry written (``promote``).
+
+The roles themselves are ``node.leader.Leader`` and ``node.follower.Follower``; the rules are
+pure functions in ``node.core.terms``. The handlers talk only to this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from node import codec, peers, terms
+from node.config import Config
+from node.core.terms import (Holding, PromiseRefused, StaleTerm, TermState, check_history, last_leader,
+                             plan_promotion, promise_quorum, restamp, term_at, to_roll_back)
+from node.follower import Follower
+from node.leader import Leader
+from node.limits import Limits
+from node.log import Entry, LogFile
+from node.rollback import save_rollback
+from node.store import Store
+from node.tasks import InFlight
+from node.validation import ApiError
+
+log = logging.getLogger(__name__)
+
+PROMISE_TIMEOUT_S = 3.0
+FETCH_PAGE = 1000
+
+
+class NotLeader(Exception):
+    """A write reached a node that does not lead: 421, naming the leader if known."""
+
+
+class Replica:
+    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry]) -> None:
+        self.config, self.limits, self.log = config, limits, log_file
+        self.store = Store()
+        self.writes = InFlight()
+        self.state = terms.load(config.data_dir, holds_entries=bool(entries))
+        if self.state.term == 0 and config.is_leader and not entries:  # a new cluster's first leader
+            self.state = TermState().lead(((1, 1, config.node_id),))
+        elif self.state.term == 1 and self.state.leader_id is None and config.is_leader:
+            self.state = TermState().lead(((1, 1, config.node_id),))  # a log from before terms
+        self.known_committed = 0
+        self._transition = asyncio.Lock()
+        self.role_obj: Leader | Follower = self._make_role(entries)
+        self._promoting = False
+
+    # --- roles ----------------------------------------------------------------------------
+
+    def _make_role(self, entries: list[Entry]):
+        if self.state.leader_id == self.config.node_id:
+            return Leader(self.config, self.limits, self.log, sorted(entries, key=lambda e: e.seq), host=self)
+        return Follower(self.config, self.limits, self.log, entries, host=self)
+
+    @property
+    def role(self) -> str:
+        return self.role_obj.role
+
+    @property
+    def leader_address(self) -> str | None:
+        return self.config.address_of(self.state.leader_id)
+
+    def start(self) -> None:
+        terms.save(self.config.data_dir, self.state)  # the first leader's term 1 is durable before it serves
+        self.role_obj.start()
+
+    def _held_entries(self) -> list[Entry]:
+        if isinstance(self.role_obj, Leader):
+            return list(self.role_obj.core.entries)
+        return self.role_obj.core.entries_in_order()
+
+    async def _become_follower(self) -> None:
+        leader = self.role_obj
+        if not isinstance(leader, Leader):
+            return
+        leader.step_down(self.state.term, self.state.leader_id)
+        log.warning("stepped down: term %d began (leader %s); this node follows from now on",
+                    self.state.term, self.state.leader_id or "not known yet")
+        self.role_obj = Follower(self.config, self.limits, self.log, list(leader.core.entries), host=self)
+        self.role_obj.start()
+
+    # --- terms --------------------------------------------------------------------------
+
+    async def _save(self, state: TermState) -> None:
+        await terms.save_async(self.config.data_dir, state)
+        self.state = state
+
+    def heard_of_term(self, term: int, leader_id: str | None) -> None:
+        """A peer answered with a later term (the leader's sends call this): act on it soon."""
+        if term > self.state.term:
+            asyncio.ensure_future(self.heard_of_term_async(term, leader_id))
+
+    async def heard_of_term_async(self, term: int, leader_id: str | None) -> None:
+        async with self._transition:
+            if term <= self.state.term:
+                return
+            await self._save(TermState(term, None, leader_id if isinstance(leader_id, str) else None,
+                                       self.state.history))
+            await self._become_follower()
+            if isinstance(self.role_obj, Follower):
+                self.role_obj.restart_catch_up()
+
+    async def heard_from_leader(self, term: int, leader_id: str, history: Any, committed: int) -> None:
+        """A push or pull answer of the leader of ``term``: follow it (after rolling back what its
+        log does not have), unless this node already does. Raises StaleTerm for an older term."""
+        self.state.check(term)
+        self.known_committed = max(self.known_committed, committed)
+        if self._follows(term, leader_id, history):
+            return
+        history = check_history(history)
+        async with self._transition:
+            self.state.check(term)
+            if self._follows(term, leader_id, history):
+                return
+            if term == self.state.term and self.role == "leader":
+                raise StaleTerm(term, self.state.term + 1, self.config.node_id)  # two leaders of one term: refuse
+            await self._become_follower()
+            self._roll_back_to(history, term)
+            await self._save(self.state.follow(term, leader_id, history))
+            log.info("following %s (term %d)", leader_id, term)
+            self.role_obj.restart_catch_up()
+
+    def _follows(self, term: int, leader_id: str, history: Any) -> bool:
+        """Whether this node already follows this leader with this history (the usual case:
+        checked on every push, so without building anything)."""
+        state = self.state
+        return (term == state.term and leader_id == state.leader_id and self.role == "follower"
+                and len(history) == len(state.history)
+                and all(tuple(a) == tuple(b) for a, b in zip(history, state.history)))
+
+    def _roll_back_to(self, history, term: int) -> None:
+        """Move the entries the leader's log lacks to a rollback file and rewrite the log."""
+        follower: Follower = self.role_obj
+        seqs = to_roll_back(follower.core.held_terms(), history)
+        if not seqs:
+            return
+        removed = follower.core.roll_back(seqs)
+        path = save_rollback(self.config.data_dir, term, removed)
+        self.log = follower.log = LogFile.rewrite(self.log, self.config.data_dir, follower.core.entries_in_order())
+        acknowledged = [e.seq for e in removed if e.seq <= self.known_committed]
+        if acknowledged:
+            log.error("rolled back entries %s at or below seq %d, which the write quorum held: an acknowledged "
+                      "write was lost; please report this", acknowledged[:20], self.known_committed)
+        log.warning("rolled back %d entries (seq %d..%d) the term %d leader does not have; they are in %s",
+                    len(removed), removed[0].seq, removed[-1].seq, term, path)
+
+    async def discover_leader(self, client) -> None:
+        """Ask every peer's /health who leads; take the answer of the latest term."""
+        answers = await asyncio.gather(*(client.fetch(peers.health_request(address), raise_error=False)
+                                         for _, address in self.config.others()), return_exceptions=True)
+        best = None
+        for answer in answers:
+            if isinstance(answer, Exception) or answer.code != 200:
+                continue
+            health = codec.loads(answer.body)
+            if health.get("role") == "leader" and (best is None or health["term"] > best["term"]):
+                best = health
+        if best is not None and best["term"] >= self.state.term:
+            async with self._transition:
+                if best["term"] >= self.state.term and self.state.leader_id is None:
+                    self.state = TermState(best["term"], self.state.voted_for if best["term"] == self.state.term else None,
+                                           best["node_id"], self.state.history)
+
+    def check_term(self, term: int) -> None:
+        self.state.check(term)
+
+    # --- the handlers' API ----------------------------------------------------------------
+
+    async def write(self, op: str, key: str | None, value: Any = None):
+        if not isinstance(self.role_obj, Leader):
+            raise NotLeader()
+        return await self.role_obj.write(op, key, value)
+
+    async def replicate(self, term: int, leader_id: str, history: Any, committed: int, entries: list[Entry]):
+        await self.heard_from_leader(term, leader_id, history, committed)
+        if not isinstance(self.role_obj, Follower):
+            raise StaleTerm(term, self.state.term, self.state.leader_id)
+        await self.role_obj.accept(entries)
+
+    async def serve_log(self, term: int | None) -> None:
+        """Term rules of a pull: refuse one from an older term; step down for a later one."""
+        if term is None:
+            return
+        if term > self.state.term:
+            await self.heard_of_term_async(term, None)
+        self.state.check(term)
+
+    @property
+    def last_seq(self) -> int:
+        return self.role_obj.last_seq if isinstance(self.role_obj, Leader) else max(self.role_obj.core.held, default=0)
+
+    def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
+        return self.role_obj.entries_between(after, upto, limit)
+
+    def held_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
+        """Any node's durable entries in (after, upto], for a candidate collecting them."""
+        held = [e for e in self._held_entries() if e.seq > after and (upto is None or e.seq <= upto)]
+        return held[:limit]
+
+    def note_follower_pull(self, node_id: str, after: int) -> None:
+        self.role_obj.note_follower_pull(node_id, after)
+
+    def durable_through(self, seq: int):
+        return self.role_obj.durable_through(seq)
+
+    def accept(self, entries: list[Entry]):
+        return self.role_obj.accept(entries)
+
+    def health(self) -> dict:
+        return {"status": "ok", "role": self.role, "node_id": self.config.node_id, "term": self.state.term,
+                "leader_id": self.state.leader_id, "leader_address": self.leader_address}
+
+    def status(self) -> dict:
+        return {**self.role_obj.status(), "term": self.state.term, "leader_id": self.state.leader_id,
+                "leader_address": self.leader_address, "voted_for": self.state.voted_for,
+                "history": [list(item) for item in self.state.history]}
+
+    def not_leader_fields(self) -> dict:
+        return {"leader_id": self.state.leader_id, "leader_address": self.leader_address, "term": self.state.term}
+
+    # --- promotion: the promiser's side ---------------------------------------------------
+
+    def holding(self) -> dict:
+        """What this node holds, for a candidate: its history, contiguous prefix and what lies
+        beyond a gap (durable entries only)."""
+        if isinstance(self.role_obj, Leader):
+            applied, beyond = self.role_obj.last_seq, []
+        else:
+            applied, beyond = self.store.applied_seq, sorted(self.role_obj.core.beyond_applied())
+        return {"node_id": self.config.node_id, "term": self.state.term, "leader_id": self.state.leader_id,
+                "history": [list(item) for item in self.state.history], "applied_seq": applied, "beyond": beyond}
+
+    async def promise(self, term: int | None, candidate: str, dry_run: bool) -> dict:
+        """Promise ``term`` to ``candidate`` (durably, before answering), or, with ``dry_run``,
+        only say what this node holds and changes nothing."""
+        if dry_run:
+            if isinstance(self.role_obj, Leader):
+                await self.role_obj.log.sync()
+            return self.holding()
+        async with self._transition:
+            try:
+                promised = self.state.promise(term, candidate)
+            except PromiseRefused as exc:
+                raise ApiError(409, f"{self.config.node_id} does not promise term {term} to {candidate}: {exc}",
+                               **self.not_leader_fields()) from None
+            await self._save(promised)
+            await self._become_follower()
+            await self.role_obj.log.sync()
+            log.info("promised term %d to %s", term, candidate)
+            return self.holding()
+
+    # --- promotion: the candidate's side --------------------------------------------------
+
+    async def promote(self) -> dict:
+        if self.role == "leader":
+            raise ApiError(409, f"{self.config.node_id} already leads term {self.state.term}", **self.not_leader_fields())
+        if self._promoting:
+            raise ApiError(409, f"a promotion of {self.config.node_id} is already in progress")
+        self._promoting = True
+        started = time.monotonic()
+        try:
+            return await Promotion(self).run(started)
+        finally:
+            self._promoting = False
+
+    async def become_leader(self, state: TermState, entries: list[Entry], rolled_back: list[Entry]) -> None:
+        follower: Follower = self.role_obj
+        await follower.stop()
+        if rolled_back:
+            path = save_rollback(self.config.data_dir, state.term, rolled_back)
+            log.warning("rolled back %d entries no promiser held as the newest log has them; they are in %s",
+                        len(rolled_back), path)
+        self.log = LogFile.rewrite(self.log, self.config.data_dir, entries)
+        await self._save(state)
+        self.role_obj = leader = Leader(self.config, self.limits, self.log, entries, host=self)
+        leader.start()
+        # Numbered and logged before this returns, so before any client write; pushed to every
+        # follower like a write, which tells them the new term and history.
+        self._term_start = asyncio.ensure_future(leader.write("noop", None, {"term_start": state.term,
+                                                                             "leader_id": self.config.node_id}))
+        self._term_start.add_done_callback(_term_start_done)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        await self.role_obj.drain(timeout)
+
+    async def close(self) -> None:
+        await self.role_obj.close()
+        self.log.close()
+
+
+class Promotion:
+    """One run of ``POST /admin/promote`` on the candidate (see the README's "Failover")."""
+
+    def __init__(self, node: Replica) -> None:
+        self.node = node
+        self.config = node.config
+        self.client = peers.make_client()
+
+    async def run(self, started: float) -> dict:
+        try:
+            return await self._run(started)
+        finally:
+            self.client.close()
+
+    async def _ask(self, address: str, body: dict) -> dict | Exception:
+        request = peers.promise_request(address, codec.dumps(body), self.config.replication_secret, PROMISE_TIMEOUT_S)
+        try:
+            response = await self.client.fetch(request, raise_error=False)
+        except Exception as exc:  # noqa: BLE001 - unreachable counts as no answer
+            return exc
+        if response.code != 200:
+            try:
+                return ConnectionRefusedError(codec.loads(response.body).get("error"))
+            except ValueError:
+                return ConnectionRefusedError(f"HTTP {response.code}")
+        return codec.loads(response.body)
+
+    async def _ask_all(self, body: dict) -> dict[str, dict | Exception]:
+        others = self.config.others()
+        answers = await asyncio.gather(*(self._ask(address, body) for _, address in others))
+        return {node_id: answer for (node_id, _), answer in zip(others, answers)}
+
+    def _electorate(self, answers: dict[str, dict | Exception]) -> tuple[str | None, list[str]]:
+        """The deposed leader (of the newest history known) and the followers of its configuration."""
+        histories = [self.node.state.history] + [check_history(a["history"]) for a in answers.values()
+                                                 if isinstance(a, dict)]
+        newest = max(histories, key=lambda h: h[-1][0] if h else 0)
+        deposed = last_leader(newest)
+        return deposed, [node_id for node_id, _ in self.config.peers if node_id != deposed]
+
+    def _refuse(self, stage: str, granted: list[str], needed: int, electorate: list[str],
+                answers: dict[str, Any]) -> ApiError:
+        missing = {n: str(a) for n, a in answers.items() if n in electorate and isinstance(a, Exception)}
+        return ApiError(
+            503, f"promotion of {self.config.node_id} refused: {len(granted)} of the {len(electorate)} followers "
+                 f"{stage} (itself included), {needed} are needed (N - W + 1 with W={self.config.write_quorum}, and "
+                 f"a majority). Bring more followers back, then try again",
+            answered=len(granted), needed=needed, granted=granted, unreachable=missing, stage=stage)
+
+    async def _run(self, started: float) -> dict:
+        node, me = self.node, self.config.node_id
+        probes = await self._ask_all({"candidate": me, "dry_run": True})
+        deposed, electorate = self._electorate(probes)
+        needed = promise_quorum(len(electorate), self.config.write_quorum)
+        reachable = [n for n in electorate if n == me or isinstance(probes.get(n), dict)]
+        if len(reachable) < needed:
+            raise self._refuse("answered", reachable, needed, electorate, probes)
+        term = max([node.state.term] + [a["term"] for a in probes.values() if isinstance(a, dict)]) + 1
+        async with node._transition:
+            await node._save(node.state.promise(term, me))
+        promises = await self._ask_all({"candidate": me, "term": term})
+        granted = [n for n in electorate if n == me or isinstance(promises.get(n), dict)]
+        if len(granted) < needed:
+            raise self._refuse("promised", granted, needed, electorate, promises)
+        holdings = [_holding(a) for a in promises.values() if isinstance(a, dict)]
+        mine = Holding(me, node.state.history, node.store.applied_seq, node.role_obj.core.beyond_applied())
+        plan = plan_promotion(term, mine, holdings)
+        fetched = await self._fetch(plan, {n: a for n, a in promises.items() if isinstance(a, dict)})
+        entries, rolled_back = self._new_log(plan, fetched)
+        state = TermState().lead(plan.history)
+        await node.become_leader(state, entries, rolled_back)
+        took = time.monotonic() - started
+        log.warning("promoted to leader of term %d in %.2f s: %d promises, %d entries fetched, %d written again in "
+                    "the new term, %d no-ops for seqs nobody held; the term starts at seq %d", term, took,
+                    len(granted), len(plan.fetch), len(plan.restamped), len(plan.holes), plan.term_start_seq)
+        return {"promoted": True, "node_id": me, "term": term, "deposed": deposed, "promises": granted,
+                "needed": needed, "last_seq": plan.term_start_seq, "term_start_seq": plan.term_start_seq,
+                "fetched": len(plan.fetch), "restamped": len(plan.restamped), "holes": list(plan.holes),
+                "rolled_back": len(rolled_back), "took_ms": round(took * 1000, 1)}
+
+    async def _fetch(self, plan, answers: dict[str, dict]) -> dict[int, Entry]:
+        """The entries the plan takes from promisers, checked against the newest history."""
+        by_node: dict[str, list[int]] = {}
+        for seq, node_id in plan.fetch.items():
+            by_node.setdefault(node_id, []).append(seq)
+        fetched: dict[int, Entry] = {}
+        for node_id, seqs in by_node.items():
+            address = self.config.address_of(node_id)
+            history = check_history(answers[node_id]["history"])
+            wanted = set(seqs)
+            after, upto = min(seqs) - 1, max(seqs)
+            while after < upto:
+                request = peers.entries_request(address, self.config.replication_secret, after, upto, FETCH_PAGE)
+                response = await self.client.fetch(request)
+                page = [Entry.from_dict(item) for item in codec.loads(response.body)["entries"]]
+                if not page:
+                    break
+                for entry in page:
+                    if entry.seq in wanted and entry.term == term_at(history, entry.seq):
+                        fetched[entry.seq] = entry
+                after = page[-1].seq
+            missing = wanted - fetched.keys()
+            if missing:
+                raise ApiError(503, f"promotion aborted: {node_id} no longer holds seq {sorted(missing)[:10]}; "
+                                    f"try again")
+        return fetched
+
+    def _new_log(self, plan, fetched: dict[int, Entry]) -> tuple[list[Entry], list[Entry]]:
+        """The candidate's log as leader, and what of its own it drops."""
+        own = {e.seq: e for e in self.node.role_obj.core.entries_in_order()}
+        newest = plan.history
+        entries = []
+        for seq in range(1, plan.keep_through + 1):
+            entry = fetched.get(seq) or own[seq]
+            entries.append(entry)
+        for seq in plan.restamped:
+            source = fetched.get(seq) or (own.get(seq) if seq not in plan.holes else None)
+            entries.append(restamp(source, plan.term) if source is not None else
+                           Entry(seq, "noop", None, {"reason": "no promiser held this seq"}, time.time(), plan.term))
+        kept = {(e.seq, e.op, e.key, codec.dumps(e.value)) for e in entries}
+        rolled_back = [e for seq, e in own.items() if term_at(newest, seq) != e.term
+                       and (seq, e.op, e.key, codec.dumps(e.value)) not in kept]
+        return entries, rolled_back
+
+
+def _term_start_done(done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("the term-start entry was not confirmed by a write quorum: %s", done.exception())
+
+
+def _holding(answer: dict) -> Holding:
+    return Holding(answer["node_id"], check_history(answer["history"]), int(answer["applied_seq"]),
+                   frozenset(int(s) for s in answer.get("beyond", ())))
