@@ -35,7 +35,7 @@ from node.core.shipping import Batch
 from node.limits import Limits
 from node.log import Entry, LogFile, encode_record, record_body
 from node.store import Store
-from node.tasks import InFlight
+from node.tasks import InFlight, TaskGroup
 from node.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,6 @@ class WriteTimeout(QuorumTimeout):
     def __init__(self, timeout: QuorumTimeout, delays_ms: dict[str, float]):
         super().__init__(timeout.seq, timeout.confirmations, timeout.quorum, timeout.timeout_ms)
         self.delays_ms = delays_ms
-
-
-def _ignore(done: asyncio.Future) -> None:
-    """A warm-up request's outcome: a follower that is down shows up in the first push."""
-    done.exception()
 
 
 class LeaderStopping(Exception):
@@ -116,6 +111,7 @@ class Leader:
         self.writes = host.writes if host is not None else InFlight()
         self._quorum_waiters: dict[int, asyncio.Future] = {}
         self._wakeup = Wakeup(self._step)
+        self.background = TaskGroup("term watch")
         self._step_planned = False
         self._closed = False
         if entries:
@@ -128,10 +124,29 @@ class Leader:
 
     def start(self) -> None:
         """Open a connection to every follower now (curl keeps it for the pushes), so the first
-        writes after a (re)start do not wait for name lookups and handshakes. Followers pull
-        what they missed by themselves."""
+        writes after a (re)start do not wait for name lookups and handshakes, and ask each for
+        its term. Followers pull what they missed by themselves."""
+        self._check_terms()
+        self.background.spawn(self._term_watch())
+
+    def _check_terms(self) -> None:
         for address in self.config.followers:
-            self.client.fetch(peers.health_request(address), raise_error=False).add_done_callback(_ignore)
+            self.client.fetch(peers.health_request(address), raise_error=False).add_done_callback(self._health_answer)
+
+    async def _term_watch(self) -> None:
+        """Every CATCHUP_INTERVAL, ask the peers their term: a leader that was restarted, paused or
+        cut off learns of a later term and steps down even when no write reaches it."""
+        while not self._closed:
+            await asyncio.sleep(self.config.catchup_interval_ms / 1000)
+            if not self._closed:
+                self._check_terms()
+
+    def _health_answer(self, done: asyncio.Future) -> None:
+        if self._closed or done.exception() is not None:
+            return  # a follower that is down shows up in the first push
+        response = done.result()
+        if response.code == 200:
+            self._later_term(response.body)
 
     async def write(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
         """Log, apply and replicate one operation; return once the quorum confirmed it and the
@@ -311,6 +326,7 @@ class Leader:
 
     def _stop(self) -> None:
         self._closed = True
+        self.background.cancel()
         self._wakeup.cancel()
         self.core.close()
         self.client.close()

@@ -59,6 +59,8 @@ class Replica:
         self._transition = asyncio.Lock()
         self.role_obj: Leader | Follower = self._make_role(entries)
         self._promoting = False
+        if isinstance(self.role_obj, Follower) and self.state.history:
+            self._roll_back_to(self.state.history, self.state.term)  # if a crash interrupted one
 
     # --- roles ----------------------------------------------------------------------------
 
@@ -129,9 +131,11 @@ class Replica:
                 return
             if term == self.state.term and self.role == "leader":
                 raise StaleTerm(term, self.state.term + 1, self.config.node_id)  # two leaders of one term: refuse
+            # The new state is durable before anything is rolled back: a crash in between leaves a
+            # node that rolls back at its next start (see __init__), never one that forgot its term.
+            await self._save(self.state.follow(term, leader_id, history))
             await self._become_follower()
             self._roll_back_to(history, term)
-            await self._save(self.state.follow(term, leader_id, history))
             log.info("following %s (term %d)", leader_id, term)
             self.role_obj.restart_catch_up()
 

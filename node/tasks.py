@@ -35,6 +35,11 @@ class TaskGroup:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def cancel(self) -> None:
+        """Cancel every task without waiting for them to end."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()
