@@ -24,7 +24,7 @@ def test_term_at_reads_the_history(seq, term):
     ([[0, 1, "a"]], "integers >= 1"),
     ([[1, "x", "a"]], "integers >= 1"),
     ([[1, 1, 7]], "leader id is a string"),
-    ([1], r"is \\[term, first seq, leader id\\]"),
+    ([1], r"is \[term, first seq, leader id\]"),
 ])
 def test_a_malformed_history_is_refused(raw, message):
     with pytest.raises(ValueError, match=message):
