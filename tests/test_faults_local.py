@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import uuid
 
@@ -20,34 +19,20 @@ pytestmark = pytest.mark.cluster
 NAMES = ["leader"] + [f"follower{i}" for i in range(1, 6)]
 
 
-class Cluster:
-    """The local cluster with a handle on each node's process."""
+class Cluster(local_cluster.LocalCluster):
+    """The local cluster, unsupervised (the default policy): these tests kill and restart
+    nodes themselves, so no automatic restart may race with them."""
 
     def __init__(self, data_dir, **settings):
         self.data_dir = str(data_dir)
-        self.base = free_port_block()
         env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300", REPLICATION_SECRET="local-secret",
                    WRITE_TIMEOUT="3000", **settings)
-        self.envs = dict(zip(NAMES, local_cluster.node_envs(self.data_dir, self.base, 5, env)))
-        procs = local_cluster.start(self.data_dir, self.base, env=env, quiet=True)
-        self.procs = dict(zip(NAMES[1:] + NAMES[:1], procs))
-
-    def port(self, name):
-        return self.base + NAMES.index(name)
-
-    def kill(self, name):
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait()
-
-    def restart(self, name):
-        self.procs[name] = local_cluster.spawn(self.envs[name], quiet=True)
-        local_cluster.wait_healthy(self.port(name), self.procs[name], 30)
+        super().__init__(self.data_dir, free_port_block(), env=env, quiet=True)
+        self.base = self.port("leader")
+        self.start()
 
     def log_path(self, name):
         return os.path.join(self.data_dir, name, "replication.log")
-
-    def stop(self):
-        local_cluster.stop(list(self.procs.values()))
 
 
 @pytest.fixture
