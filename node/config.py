@@ -20,6 +20,11 @@ ROLES = ("leader", "follower")
 FSYNC_POLICIES = ("always", "batch", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_BATCH_LINGER_US = 2000
+# How long a read with ?min_seq= waits for this node to apply that seq: long enough for a
+# follower to receive a write the leader just acknowledged (MAX_DELAY's default is 1000 ms),
+# short enough that a client soon tries another node.
+DEFAULT_READ_WAIT_MS = 1000
+MAX_READ_WAIT_MS = 60_000
 
 
 class ConfigError(ValueError):
@@ -37,6 +42,7 @@ class Config:
     max_body_bytes: int
     replication_secret: str
     log_level: str
+    read_wait_ms: int = DEFAULT_READ_WAIT_MS
     # Leader only.
     followers: tuple[str, ...] = ()
     write_quorum: int = 0
@@ -134,6 +140,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20),
         replication_secret=_secret(env),
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
+        read_wait_ms=_int(env, "READ_WAIT", DEFAULT_READ_WAIT_MS, 0, MAX_READ_WAIT_MS, " ms"),
     )
     if role == "leader":
         return Config(**common, **_leader_settings(env))
