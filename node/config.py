@@ -20,6 +20,11 @@ ROLES = ("leader", "follower")
 FSYNC_POLICIES = ("always", "batch", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_BATCH_LINGER_US = 2000
+# How long a read with ?min_seq= waits for this node to apply that seq: long enough for a
+# follower to receive a write the leader just acknowledged (MAX_DELAY's default is 1000 ms),
+# short enough that a client soon tries another node.
+DEFAULT_READ_WAIT_MS = 1000
+MAX_READ_WAIT_MS = 60_000
 
 
 class ConfigError(ValueError):
@@ -166,7 +171,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
         peers=peers,
         catchup_interval_ms=_int(env, "CATCHUP_INTERVAL", 2000, 50, 600_000, " ms"),
-        read_wait_ms=_int(env, "READ_WAIT", 1000, 0, 60_000, " ms"),
+        read_wait_ms=_int(env, "READ_WAIT", DEFAULT_READ_WAIT_MS, 0, MAX_READ_WAIT_MS, " ms"),
         **_replication_settings(env, len(peers) - 1),
     )
 

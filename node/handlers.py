@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +25,21 @@ from node.leader import LeaderStopping, WriteTimeout
 from node.log import Entry, EntryError
 from node.peers import SECRET_HEADER
 from node.replica import NotLeader
-from node.validation import ApiError, BoundedBody, body_too_large_message, json_type, validate_key
+from node.validation import (
+    ApiError,
+    BoundedBody,
+    body_too_large_message,
+    json_type,
+    parse_seq,
+    query_values,
+    validate_key,
+)
 
 log = logging.getLogger(__name__)
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 WRITE_FIELDS = {"key", "value"}
+READ_PARAMETERS = ("min_seq",)
 
 
 @stream_request_body
@@ -120,24 +130,59 @@ class StatusHandler(BaseHandler):
         self.send_json(self.node.status())
 
 
-class ReadHandler(BaseHandler):
-    def get(self, key: str) -> None:
+class ConsistentReadHandler(BaseHandler):
+    """The reads (/read, /keys, /all): with ``?min_seq=S`` the answer waits until this node has
+    applied S, so a client that wrote S reads its own write on any node (DDIA 5.2); if S does
+    not arrive within READ_WAIT the answer is a 504 saying how far the node got."""
+
+    def min_seq(self) -> int | None:
+        """The request's ``min_seq``, checked before anything waits (400 if it is wrong)."""
+        values = query_values(self.request.query_arguments, READ_PARAMETERS)
+        return parse_seq("min_seq", values["min_seq"]) if "min_seq" in values else None
+
+    async def wait_applied(self, min_seq: int | None) -> None:
+        if min_seq is None:
+            return
+        started = time.monotonic()
+        wait_ms = self.node.config.read_wait_ms
+        if not await self.node.store.wait_applied(min_seq, wait_ms / 1000):
+            raise not_reached_error(self.node, min_seq, wait_ms, started)
+
+
+def not_reached_error(node, min_seq: int, wait_ms: int, started: float) -> ApiError:
+    """The 504 answer to a read whose ``min_seq`` this node did not apply within READ_WAIT."""
+    applied = node.store.applied_seq
+    return ApiError(
+        504,
+        f"min_seq={min_seq} not reached: this node ({node.config.node_id}) applied {applied} of {min_seq} "
+        f"within READ_WAIT={wait_ms} ms; retry, or read from another node (the leader holds every "
+        f"acknowledged write)",
+        applied_seq=applied, min_seq=min_seq, waited_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+
+
+class ReadHandler(ConsistentReadHandler):
+    async def get(self, key: str) -> None:
         key = validate_key(key)
-        found = self.node.store.get(key)
+        await self.wait_applied(self.min_seq())
+        store = self.node.store
+        found = store.get(key)
         if found is None:
-            raise ApiError(404, f"key {key!r} not found", key=key, found=False)
+            raise ApiError(404, f"key {key!r} not found", key=key, found=False, applied_seq=store.applied_seq)
         value, seq = found
-        self.send_json({"key": key, "value": value, "found": True, "seq": seq})
+        self.send_json({"key": key, "value": value, "found": True, "seq": seq, "applied_seq": store.applied_seq})
 
 
-class KeysHandler(BaseHandler):
-    def get(self) -> None:
+class KeysHandler(ConsistentReadHandler):
+    async def get(self) -> None:
+        await self.wait_applied(self.min_seq())
         keys = self.node.store.keys()
         self.send_json({"keys": keys, "count": len(keys), "applied_seq": self.node.store.applied_seq})
 
 
-class AllHandler(BaseHandler):
-    def get(self) -> None:
+class AllHandler(ConsistentReadHandler):
+    async def get(self) -> None:
+        await self.wait_applied(self.min_seq())
         data = self.node.store.snapshot()
         self.send_json({"data": data, "count": len(data), "applied_seq": self.node.store.applied_seq})
 

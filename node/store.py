@@ -3,6 +3,9 @@
 Both roles keep one :class:`Store`. It never invents an order of its own: the leader's
 sequence numbers decide, so a replica that applied entries 1..n holds exactly the state the
 leader had after entry n (consistent prefix), never a mix.
+
+Readers that need a given seq first (``?min_seq=``, read-your-writes) wait on the store's
+:class:`~node.waiters.AppliedWaiters`; :meth:`Store.apply` wakes them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.log import Entry
+from node.waiters import AppliedWaiters
 
 
 class Store:
@@ -18,11 +22,13 @@ class Store:
         store = Store()
         store.apply(Entry(seq=1, op="set", key="x", value=1, ts=0.0))
         store.get("x")   # (1, 1)
+        await store.wait_applied(2, timeout=1.0)   # False: nothing applied entry 2 in time
     """
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[Any, int]] = {}
         self.applied_seq = 0
+        self.waiters = AppliedWaiters()
 
     def apply(self, entry: Entry) -> None:
         if entry.seq != self.applied_seq + 1:
@@ -34,6 +40,18 @@ class Store:
         elif entry.op == "clear":
             self._data.clear()
         self.applied_seq = entry.seq
+        self.waiters.wake(entry.seq)
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:
+        """True once this store has applied ``seq`` (at once if it has), False after ``timeout``
+        seconds. Never blocks the loop: the caller's Future is resolved by ``apply``."""
+        await self.waiters.wait(seq, self.applied_seq, timeout)
+        return self.applied_seq >= seq
+
+    def notify(self) -> None:
+        """Wake the readers the current ``applied_seq`` satisfies. ``apply`` does this itself;
+        code that sets the state another way (a rebuild from the log, a snapshot) calls it after."""
+        self.waiters.wake(self.applied_seq)
 
     def reset(self) -> None:
         """Forget everything, to apply a log again from seq 1 (after a rollback)."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from tornado.web import HTTPError
 
 from node import codec
 from node.limits import MAX_JSON_DEPTH, MAX_KEY_BYTES
+
+MAX_SEQ = 2**63 - 1  # the log's numbering stays far below; anything above is a mistake
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class ApiError(HTTPError):
@@ -121,3 +125,40 @@ def body_too_large_message(limit: int, max_body_bytes: int) -> str:
     if limit == max_body_bytes:
         return f"request body exceeds MAX_BODY_BYTES={limit} bytes"
     return f"request body exceeds {limit} bytes"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A client's text for an error message, cut so a hostile one cannot bloat the answer."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def query_values(arguments: dict[str, list[bytes]], allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters of a request as text, each given at most once and all of them in
+    ``allowed``; ApiError(400) otherwise, as the body's unknown fields are (a misspelt
+    ``min_sq=`` silently ignored would make a read look consistent when it is not)."""
+    unknown = sorted(set(arguments) - set(allowed))
+    if unknown:
+        names = ", ".join(_shown(name) for name in unknown[:5])
+        raise ApiError(400, f"unknown query parameter(s) {names}; allowed here: {', '.join(allowed) or 'none'}")
+    values = {}
+    for name, raw in arguments.items():
+        if len(raw) != 1:
+            raise ApiError(400, f"query parameter {name} is given {len(raw)} times; give it once")
+        try:
+            values[name] = raw[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"query parameter {name} is not valid UTF-8") from None
+    return values
+
+
+def parse_seq(name: str, raw: str) -> int:
+    """A sequence number given as a query parameter: a decimal integer 0..MAX_SEQ."""
+    if not _INTEGER.fullmatch(raw):
+        raise ApiError(400, f"query parameter {name}={_shown(raw)} is not an integer; give a sequence number "
+                            f"0..{MAX_SEQ}, e.g. the seq a write answered")
+    if raw.startswith("-"):
+        raise ApiError(400, f"query parameter {name}={_shown(raw)} must be >= 0")
+    digits = raw.lstrip("0")
+    if len(digits) > len(str(MAX_SEQ)) or int(digits or "0") > MAX_SEQ:
+        raise ApiError(400, f"query parameter {name}={_shown(raw)} is out of range 0..{MAX_SEQ}")
+    return int(digits or "0")

@@ -1,8 +1,9 @@
 """Jepsen-style set test: record every operation a client saw, then check the history.
 
-Clients write unique keys and record each operation as ``ok`` (with the sequence number the
-leader gave it), ``fail`` (a definite error answer, e.g. the quorum timeout) or ``unknown``
-(no answer: the connection broke or timed out). After the fault heals and replication settles
+Clients write unique keys through ``node.client`` and record each operation as ``ok`` (with the
+sequence number the leader gave it), ``fail`` (a definite error answer, the quorum timeout, or
+never sent: no leader reachable) or ``unknown`` (no answer: the connection broke or timed out,
+or the leader stopped while the write waited). After the fault heals and replication settles
 the checker reads every node and classifies:
 
 * lost: acknowledged (ok) but missing or different on some node. Must be 0.
@@ -13,15 +14,18 @@ the checker reads every node and classifies:
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
+import asyncio
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
+from node.client import Client, WriteResult
+
 UNREACHABLE_BACKOFF_S = 0.25
+# While no leader is reachable a write gives up after this long ("fail": it was never sent),
+# so a bounded load keeps producing outcomes through a leader outage instead of each write
+# waiting out its whole request timeout.
+LEADER_WAIT_S = 1.0
 
 
 @dataclass
@@ -42,39 +46,30 @@ class LoadResult:
         return sum(op.status == status for op in self.ops)
 
 
-def write_once(leader_url: str, op: Op, timeout: float) -> None:
-    body = json.dumps({"key": op.key, "value": op.value}).encode()
-    request = urllib.request.Request(leader_url + "/write", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
-            op.status, op.seq = "ok", answer["seq"]
-    except urllib.error.HTTPError as err:
-        try:
-            op.error = json.loads(err.read()).get("error", "")
-        except ValueError:
-            op.error = f"HTTP {err.code} without JSON"
-        # A 504 is a definite answer that the quorum was not confirmed, not that nothing happened.
-        op.status = "fail"
-    except (OSError, ValueError) as exc:
-        op.status, op.error = "unknown", f"{type(exc).__name__}: {exc}"
-    op.latency = time.monotonic() - started
+def record_result(op: Op, result: WriteResult) -> None:
+    """The client's outcome as the history's. A 504 (quorum timeout) stays "fail" as it always
+    was here: ``check`` treats fail and unknown alike (either may turn out present), and only
+    an acknowledged write must be on every node."""
+    op.status = "fail" if result.code == 504 else result.status
+    op.seq = result.seq if result.status == "ok" else None
+    op.error, op.latency = result.error, result.latency
 
 
 class Load:
-    """A bounded write load in background threads: at most ``count`` ops and ``max_seconds``.
+    """A bounded write load through ``node.client``: at most ``count`` ops and ``max_seconds``,
+    ``concurrency`` writers on one asyncio loop in a background thread. With ``addresses`` (every
+    node's URL or host:port) the writers find the leader among them and follow a change of leader.
 
         load = Load(url, "kill-", count=200).start()
-        load.wait_acknowledged(20)     # condition: the load is really running
+        load.wait_completed(20)        # condition: the load is really running
         ... inject the fault ...
         result = load.join()
     """
 
     def __init__(self, leader_url: str, prefix: str, count: int = 200, concurrency: int = 8,
-                 max_seconds: float = 60.0, request_timeout: float = 15.0) -> None:
+                 max_seconds: float = 60.0, request_timeout: float = 15.0, addresses: list[str] | None = None) -> None:
         self.leader_url = leader_url
+        self.addresses = [leader_url] + [a for a in (addresses or []) if a != leader_url]
         self.prefix = prefix
         self.count = count
         self.concurrency = concurrency
@@ -84,15 +79,32 @@ class Load:
         self._next = 0
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
-        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency)
-        self._futures: list[concurrent.futures.Future] = []
+        self._thread = threading.Thread(target=self._run, name=f"load-{prefix}", daemon=True)
+        self._error: BaseException | None = None
         self._deadline = 0.0
         self._stop = threading.Event()
 
     def start(self) -> Load:
         self._deadline = time.monotonic() + self.max_seconds
-        self._futures = [self._pool.submit(self._client) for _ in range(self.concurrency)]
+        self._thread.start()
         return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._writers())
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self._error = exc
+        finally:
+            with self._progress:
+                self._progress.notify_all()
+
+    async def _writers(self) -> None:
+        client = Client(self.addresses, timeout=self.request_timeout, leader_wait=LEADER_WAIT_S,
+                        max_clients=self.concurrency + 8)
+        try:
+            await asyncio.gather(*(self._writer(client) for _ in range(self.concurrency)))
+        finally:
+            client.close()
 
     def _take(self) -> Op | None:
         with self._lock:
@@ -104,22 +116,23 @@ class Load:
             self.result.ops.append(op)
             return op
 
-    def _client(self) -> None:
+    async def _writer(self, client: Client) -> None:
         while (op := self._take()) is not None:
-            write_once(self.leader_url, op, self.request_timeout)
+            result = await client.write(op.key, op.value)
+            record_result(op, result)
             with self._progress:
                 self._progress.notify_all()
-            if op.status == "unknown":
-                # Back off like a real client when the leader is unreachable, instead of burning
-                # the whole bounded load on connection errors in a few milliseconds.
-                self._stop.wait(UNREACHABLE_BACKOFF_S)
+            if result.code is None and result.status != "ok":
+                # No node answered: back off like a real client, instead of burning the whole
+                # bounded load in a few milliseconds.
+                await asyncio.sleep(UNREACHABLE_BACKOFF_S)
 
     def wait_completed(self, n: int, timeout: float = 60.0) -> None:
         """Block until at least ``n`` operations have an outcome (or the load ended)."""
         deadline = time.monotonic() + timeout
         with self._progress:
             while sum(op.status != "invoked" for op in self.result.ops) < n:
-                if all(f.done() for f in self._futures):
+                if not self._thread.is_alive():
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -130,9 +143,9 @@ class Load:
         self._stop.set()
 
     def join(self) -> LoadResult:
-        for future in self._futures:
-            future.result()
-        self._pool.shutdown()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
         return self.result
 
 

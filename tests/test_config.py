@@ -34,6 +34,12 @@ def test_every_node_knows_the_cluster_wide_settings():
     assert cfg.followers == ("leader:8000", "a:1", "b:2", "d:4", "e:5")
 
 
+def test_read_wait_is_a_setting_of_both_roles():
+    assert load_config(LEADER).read_wait_ms == load_config(FOLLOWER).read_wait_ms == 1000
+    assert load_config({**FOLLOWER, "READ_WAIT": "0"}).read_wait_ms == 0
+    assert load_config({**LEADER, "READ_WAIT": "60000"}).read_wait_ms == 60000
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -63,6 +69,9 @@ def test_every_node_knows_the_cluster_wide_settings():
         ({**FOLLOWER, "FSYNC": "sometimes"}, "FSYNC='sometimes' is not allowed; use one of always, batch, off"),
         ({**FOLLOWER, "MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES=10 is out of range"),
         ({**FOLLOWER, "CATCHUP_INTERVAL": "1"}, "CATCHUP_INTERVAL=1 is out of range"),
+        ({**FOLLOWER, "READ_WAIT": "-1"}, "READ_WAIT=-1 is out of range 0..60000 ms"),
+        ({**LEADER, "READ_WAIT": "60001"}, "READ_WAIT=60001 is out of range 0..60000 ms"),
+        ({**LEADER, "READ_WAIT": "1s"}, "READ_WAIT='1s' is not an integer; allowed range 0..60000 ms"),
     ],
 )
 def test_invalid_settings_name_variable_value_and_range(env, message):

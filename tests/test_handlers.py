@@ -150,3 +150,42 @@ async def test_log_serves_an_entry_only_once_it_is_durable_on_the_leader(http_cl
     with pytest.raises(QuorumTimeout):
         await write  # no follower answered: the write itself times out (504 over HTTP)
     await node.close()
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/read/a?min_seq=x", "min_seq='x' is not an integer"),
+        ("/read/a?min_seq=", "min_seq='' is not an integer"),
+        ("/keys?min_seq=-1", "min_seq='-1' must be >= 0"),
+        ("/all?min_seq=1.5", "min_seq='1.5' is not an integer"),
+        ("/all?min_seq=%20%207", "is not an integer"),
+        ("/all?min_seq=99999999999999999999", "is out of range 0..9223372036854775807"),
+        ("/keys?min_seq=1&min_seq=2", "min_seq is given 2 times; give it once"),
+        ("/read/a?min_sq=1", "unknown query parameter(s) 'min_sq'; allowed here: min_seq"),
+        ("/all?after=0", "unknown query parameter(s) 'after'"),
+        ("/keys?min_seq=%FF", "min_seq is not valid UTF-8"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_bad_read_query_is_a_400_naming_the_parameter(http_client, base_url, node, path, message):
+    code, answer = await call(http_client, base_url, "GET", path)
+    assert code == 400 and message in answer["error"], answer
+
+
+@pytest.mark.gen_test
+async def test_min_seq_not_reached_within_read_wait_is_a_504_saying_how_far(http_client, base_url, node):
+    node.config = dataclasses.replace(node.config, read_wait_ms=30)
+    code, answer = await call(http_client, base_url, "GET", "/read/a?min_seq=3")
+    assert code == 504 and answer["applied_seq"] == 0 and answer["min_seq"] == 3
+    assert 25 <= answer["waited_ms"] < 1000
+    assert "applied 0 of 3 within READ_WAIT=30 ms" in answer["error"]
+    assert len(node.store.waiters) == 0  # the timed-out reader left nothing behind
+
+
+@pytest.mark.gen_test
+async def test_min_seq_already_applied_answers_at_once(http_client, base_url, node):
+    code, answer = await call(http_client, base_url, "GET", "/keys?min_seq=0")
+    assert code == 200 and answer["applied_seq"] == 0
+    code, answer = await call(http_client, base_url, "GET", "/read/a")
+    assert code == 404 and answer["applied_seq"] == 0

@@ -124,6 +124,14 @@ def test_writes_document_the_follower_refusal():
         assert "NotAFollowerWrite" in schema_names(schema), path
 
 
+def test_reads_document_min_seq_and_its_504():
+    for path in ("/read/{key}", "/keys", "/all"):
+        operation = SPEC["paths"][path]["get"]
+        assert [resolve(p)["name"] for p in operation["parameters"]] == ["min_seq"], path
+        assert "ReadNotReached" in schema_names(resolve(operation["responses"]["504"])["content"]["application/json"]["schema"])
+    assert "applied_seq" in SPEC["components"]["schemas"]["ReadResult"]["required"]
+
+
 def test_internal_endpoints_need_the_replication_secret():
     scheme = SPEC["components"]["securitySchemes"]["replicationSecret"]
     assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "X-Replication-Secret"}
@@ -158,7 +166,7 @@ def test_examples_match_their_schemas():
 @pytest.fixture(params=["leader", "follower"])
 def node(request, tmp_path, io_loop):
     env = {"ROLE": request.param, "NODE_ID": request.param, "DATA_DIR": str(tmp_path), "REPLICATION_SECRET": SECRET,
-           "MIN_DELAY": "0", "MAX_DELAY": "0"}
+           "MIN_DELAY": "0", "MAX_DELAY": "0", "READ_WAIT": "50"}
     env["PEERS"] = ("leader=127.0.0.1:8000,other=127.0.0.1:9" if request.param == "leader"
                     else "leader=127.0.0.1:9,follower=127.0.0.1:8001")
     node = open_node(load_config(env))
@@ -201,6 +209,10 @@ REQUESTS = [
     ("GET", "/all", "/all", None, 200, 200),
     ("GET", "/read/missing", "/read/{key}", None, 404, 404),
     ("GET", "/read/" + "k" * 1025, "/read/{key}", None, 400, 400),
+    ("GET", "/keys?min_seq=0", "/keys", None, 200, 200),
+    ("GET", "/all?min_seq=x", "/all", None, 400, 400),
+    ("GET", "/read/k?min_sq=1", "/read/{key}", None, 400, 400),
+    ("GET", "/keys?min_seq=5", "/keys", None, 504, 504),  # nothing applied within READ_WAIT
     ("GET", "/openapi.json", "/openapi.json", None, 200, 200),
     ("GET", "/write", "/write", None, 405, 405),
     ("POST", "/write", "/write", b"[]", 400, 403),
@@ -208,6 +220,8 @@ REQUESTS = [
     ("POST", "/replicate", "/replicate", b"{}", 403, 400),
     ("POST", "/replicate", "/replicate", ENTRY, 403, 200),
     ("GET", "/read/k", "/read/{key}", None, 404, 200),  # after the entry above
+    ("GET", "/read/k?min_seq=1", "/read/{key}", None, 504, 200),
+    ("GET", "/all?min_seq=1", "/all", None, 504, 200),
     ("GET", "/log?after=0", "/log", None, 200, 403),
     ("GET", "/log?limit=0", "/log", None, 400, 403),
     ("POST", "/replicate#no-secret", "/replicate", ENTRY, 403, 403),
