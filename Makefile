@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down clean logs ps test unit run analysis bench lint venv
+.PHONY: up down clean logs ps test unit run analysis bench lint venv promote status
 
 ## Docker Compose cluster: prepares the base image and wheels when missing, builds, waits healthy.
 up:
@@ -22,6 +22,15 @@ logs:
 
 ps:
 	$(PYTHON) -c "from node.compose import Compose; Compose().run('ps')"
+
+## Make a follower of the Compose cluster the leader of the next term:  make promote NODE=follower3
+promote:
+	@test -n "$(NODE)" || { echo "usage: make promote NODE=follower3" >&2; exit 2; }
+	$(PYTHON) -m node.admin promote $(NODE)
+
+## Each node's role, term and leader.
+status:
+	$(PYTHON) -m node.admin status
 
 ## Virtual environment with the package, its test and analysis extras.
 $(STAMP): setup.cfg pyproject.toml

@@ -113,7 +113,7 @@ async def run_writes(client: AsyncHTTPClient, leader: str, plan: list[PlannedWri
 
 
 def follower_names(leader_status: dict) -> dict[str, str]:
-    """Follower address (as the leader knows it) -> follower1..N, in the leader's FOLLOWERS order."""
+    """Follower address (as the leader knows it) -> follower1..N, in PEERS order."""
     return {address: f"follower{i}" for i, address in enumerate(leader_status["followers"], start=1)}
 
 

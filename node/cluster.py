@@ -30,7 +30,7 @@ from node.supervisor import Decision, Observation, Policy, Supervisor, describe_
 
 FOLLOWER_COUNT = 5
 # Settings that belong to the cluster layout, not to the user's environment.
-LAYOUT_VARS = ("ROLE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "FOLLOWERS", "LEADER", "PEERS")
+LAYOUT_VARS = ("ROLE", "NODE_ID", "PORT", "HOST", "DATA_DIR", "PEERS")
 HOST = "127.0.0.1"
 # A healthy node answers /health in well under a millisecond; a paused one never does.
 PROBE_TIMEOUT_S = 0.5
@@ -45,15 +45,14 @@ def node_names(followers: int = FOLLOWER_COUNT) -> list[str]:
 
 def node_envs(data_dir: str, base_port: int, followers: int, env: dict) -> list[dict]:
     """Environment of each node, leader first: the user's settings plus this node's place in
-    the cluster. ``PEERS`` names every member; ``FOLLOWERS``/``LEADER`` are what today's nodes read."""
+    the cluster. ``PEERS`` names every member; ``ROLE`` makes ``leader`` the first leader."""
     base = {k: v for k, v in env.items() if k not in LAYOUT_VARS}
     # One secret shared by the six nodes of this run, unless the user chose one.
     base.setdefault("REPLICATION_SECRET", secrets.token_hex(16))
     names = node_names(followers)
     addresses = [f"{HOST}:{base_port + i}" for i in range(len(names))]
     base["PEERS"] = ",".join(f"{name}={address}" for name, address in zip(names, addresses))
-    envs = [dict(base, ROLE="leader", FOLLOWERS=",".join(addresses[1:]))]
-    envs += [dict(base, ROLE="follower", LEADER=addresses[0]) for _ in addresses[1:]]
+    envs = [dict(base, ROLE="leader" if name == "leader" else "follower") for name in names]
     for i, (name, node_env) in enumerate(zip(names, envs)):
         node_env.update(NODE_ID=name, HOST=HOST, PORT=str(base_port + i), DATA_DIR=os.path.join(data_dir, name))
     return envs

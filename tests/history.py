@@ -34,8 +34,10 @@ class Op:
     value: dict
     status: str = "invoked"  # invoked -> ok | fail | unknown
     seq: int | None = None
+    term: int | None = None  # of the leader that acknowledged it
     error: str | None = None
     latency: float = 0.0
+    finished_at: float | None = None  # time.monotonic() when the outcome arrived
 
 
 @dataclass
@@ -52,7 +54,9 @@ def record_result(op: Op, result: WriteResult) -> None:
     an acknowledged write must be on every node."""
     op.status = "fail" if result.code == 504 else result.status
     op.seq = result.seq if result.status == "ok" else None
+    op.term = result.term if result.status == "ok" else None
     op.error, op.latency = result.error, result.latency
+    op.finished_at = time.monotonic()
 
 
 class Load:
@@ -200,12 +204,17 @@ def check_sequence(result: LoadResult, leader_log: dict) -> list[str]:
 FAULT_TABLE: list[dict] = []
 
 
-def record(fault: str, verdict: Verdict, converge_s: float, note: str = "") -> None:
+def record(fault: str, verdict: Verdict, converge_s: float, note: str = "", rolled_back: int | str = "",
+           first_write_s: float | str = "") -> None:
+    """One row of the fault table; ``rolled_back`` (entries moved to rollback files) and
+    ``first_write_s`` (from the start of a promotion to the new leader's first acknowledged
+    write) are filled in by the failover cases."""
     FAULT_TABLE.append({
         "fault": fault, "attempted": verdict.attempted, "acknowledged": verdict.ok,
         "failed": verdict.failed, "unknown": verdict.unknown, "recovered": len(verdict.recovered),
-        "lost": len(verdict.lost), "unexpected": len(verdict.unexpected),
-        "converge_s": round(converge_s, 2), "note": note,
+        "lost": len(verdict.lost), "unexpected": len(verdict.unexpected), "rolled_back": rolled_back,
+        "converge_s": round(converge_s, 2),
+        "first_write_s": round(first_write_s, 2) if isinstance(first_write_s, float) else first_write_s, "note": note,
     })
 
 
