@@ -140,7 +140,10 @@ class Follower:
         response = await self.client.fetch(request, raise_error=False)
         if response.code == 409:  # a stale term on one side: whoever is behind learns the other's
             answer = codec.loads(response.body)
-            await self.host.heard_of_term_async(int(answer["term"]), answer.get("leader_id"))
+            if int(answer["term"]) > term:  # this node was behind: follow, and pull again at once
+                await self.host.heard_of_term_async(int(answer["term"]), answer.get("leader_id"))
+                self.catch_up.retry_now()
+                return
             raise LookupError(f"the leader at {leader} answered 409: {answer.get('error')}")
         response.rethrow()
         answer = codec.loads(response.body)

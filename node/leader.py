@@ -152,13 +152,7 @@ class Leader:
         """Log, apply and replicate one operation; return once the quorum confirmed it and the
         leader's own log holds it durably. Raises WriteTimeout after WRITE_TIMEOUT (the entry
         stays and keeps replicating)."""
-        entry = self.core.number(op, key, value, time.time())
-        record = encode_record(entry)
-        self.log.append_record(record)  # numbered and appended in one go: the log is in seq order
-        self.store.apply(entry)
-        delays = self.core.append(entry, record_body(record), time.monotonic())
-        quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
-        self._plan_step()
+        entry, delays, quorum = self.start_write(op, key, value)
         try:
             confirmations = await quorum
         except QuorumTimeout as timeout:
@@ -166,6 +160,18 @@ class Leader:
             raise WriteTimeout(timeout, delays) from None
         await self.durable_through(entry.seq)
         return WriteOutcome(entry, confirmations, delays)
+
+    def start_write(self, op: str, key: str | None, value: Any = None) -> tuple[Entry, dict, asyncio.Future]:
+        """Number, log, apply and schedule one operation now; return its entry, the delays drawn
+        and the Future of its quorum (what :meth:`write` waits for)."""
+        entry = self.core.number(op, key, value, time.time())
+        record = encode_record(entry)
+        self.log.append_record(record)  # numbered and appended in one go: the log is in seq order
+        self.store.apply(entry)
+        delays = self.core.append(entry, record_body(record), time.monotonic())
+        quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
+        self._plan_step()
+        return entry, delays, quorum
 
     def durable_through(self, seq: int) -> asyncio.Future:
         """Done once entries up to ``seq`` are durable in the leader's log (usually at once: the

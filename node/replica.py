@@ -32,7 +32,7 @@ from node.limits import Limits
 from node.log import Entry, LogFile
 from node.rollback import save_rollback
 from node.store import Store
-from node.tasks import InFlight
+from node.tasks import InFlight, TaskGroup
 from node.validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Replica:
             self.state = TermState().lead(((1, 1, config.node_id),))  # a log from before terms
         self.known_committed = 0
         self._transition = asyncio.Lock()
+        self.background = TaskGroup("terms")
         self.role_obj: Leader | Follower = self._make_role(entries)
         self._promoting = False
         if isinstance(self.role_obj, Follower) and self.state.history:
@@ -105,7 +106,7 @@ class Replica:
     def heard_of_term(self, term: int, leader_id: str | None) -> None:
         """A peer answered with a later term (the leader's sends call this): act on it soon."""
         if term > self.state.term:
-            asyncio.ensure_future(self.heard_of_term_async(term, leader_id))
+            self.background.spawn(self.heard_of_term_async(term, leader_id))
 
     async def heard_of_term_async(self, term: int, leader_id: str | None) -> None:
         async with self._transition:
@@ -295,9 +296,8 @@ class Replica:
         leader.start()
         # Numbered and logged before this returns, so before any client write; pushed to every
         # follower like a write, which tells them the new term and history.
-        self._term_start = asyncio.ensure_future(leader.write("noop", None, {"term_start": state.term,
-                                                                             "leader_id": self.config.node_id}))
-        self._term_start.add_done_callback(_term_start_done)
+        _, _, quorum = leader.start_write("noop", None, {"term_start": state.term, "leader_id": self.config.node_id})
+        quorum.add_done_callback(_term_start_done)
 
     # --- shutdown -------------------------------------------------------------------------
 
@@ -305,6 +305,7 @@ class Replica:
         await self.role_obj.drain(timeout)
 
     async def close(self) -> None:
+        await self.background.cancel_all()
         await self.role_obj.close()
         self.log.close()
 
@@ -437,6 +438,8 @@ class Promotion:
 def _term_start_done(done: asyncio.Future) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.warning("the term-start entry was not confirmed by a write quorum: %s", done.exception())
+    elif not done.cancelled():
+        log.info("the term-start entry is confirmed by %d followers", done.result())
 
 
 def _holding(answer: dict) -> Holding:

@@ -59,7 +59,8 @@ def test_every_container_serves_the_api_description(compose):
 def test_follower_refuses_writes_naming_the_leader(compose):
     before = http("GET", compose.url("follower2") + "/status")[1]["applied_seq"]
     status, answer = http("POST", compose.url("follower2") + "/write", {"key": "nope", "value": 1})
-    assert status == 403 and answer["leader"] == "leader:8000" and "leader:8000" in answer["error"]
+    assert status == 421 and (answer["leader_id"], answer["leader_address"]) == ("leader", "leader:8000")
+    assert "leader:8000" in answer["error"] and answer["term"] >= 1
     assert http("GET", compose.url("follower2") + "/read/nope")[0] == 404
     assert http("GET", compose.url("follower2") + "/status")[1]["applied_seq"] == before
 

@@ -199,6 +199,13 @@ class CatchUp:
             self.next_at = now + self.interval_s
         return recovered
 
+    def retry_now(self) -> None:
+        """The pull was answered with a later term: pull everything again at once, from the
+        leader of that term."""
+        self.in_flight = False
+        self.upto = None
+        self.next_at = 0.0
+
     def failed(self, error: str, now: float) -> bool:
         """A pull failed; True if it is the first failure in a row (worth one log line)."""
         self.in_flight = False

@@ -1,0 +1,135 @@
+"""Leader failure on the real Compose cluster, under load, with history checks: the leader
+killed, paused or cut off from the network while a follower is promoted, then back.
+
+Each case ends by promoting the ``leader`` service again (a switchover: the acting leader
+promises and steps down), so the other Docker tests find the cluster as they expect it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from node.admin import COMPOSE_SECRET, call
+from node.compose import SERVICES
+from node.log import read_log
+from node.logtool import compare_logs
+from tests.history import Load, check, record
+
+pytestmark = pytest.mark.docker
+
+
+def promote(compose, service):
+    code, answer = call("POST", compose.url(service) + "/admin/promote", COMPOSE_SECRET)
+    assert code == 200, answer
+    return answer
+
+
+def health(compose, service):
+    try:
+        return call("GET", compose.url(service) + "/health", timeout=5)[1]
+    except OSError:
+        return {}
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        time.sleep(0.1)
+
+
+def states(compose):
+    return {s: call("GET", compose.url(s) + "/all", timeout=5)[1] for s in SERVICES}
+
+
+def converged(compose):
+    try:
+        found = states(compose)
+    except OSError:
+        return False
+    first = found["leader"]
+    return all(s["data"] == first["data"] and s["applied_seq"] == first["applied_seq"] for s in found.values())
+
+
+def rolled_back(compose, tmp_path, prefix):
+    """Entries of this run in every node's rollback files."""
+    entries = []
+    for service in SERVICES:
+        dest = tmp_path / f"rollback-{service}"
+        copied = subprocess.run(["docker", "cp", f"{compose.container(service)}:/data/rollback", str(dest)],
+                                capture_output=True)
+        if copied.returncode == 0:
+            for name in os.listdir(dest):
+                entries += [r.entry for r in read_log(str(dest / name)).records]
+    return [e for e in entries if e.key and e.key.startswith(prefix)]
+
+
+def network(compose) -> str:
+    return f"{compose.project}_default"
+
+
+FAILOVERS = {
+    "leader SIGKILL, promote follower3": (
+        "follower3",
+        lambda c: c.docker("kill", "leader"),
+        lambda c: (c.run("start", "leader"), c.wait_healthy(["leader"])),
+    ),
+    "leader paused, promote follower2": (
+        "follower2",
+        lambda c: c.docker("pause", "leader"),
+        lambda c: c.docker("unpause", "leader"),
+    ),
+    "leader cut off, promote follower1": (
+        "follower1",
+        lambda c: subprocess.run(["docker", "network", "disconnect", network(c), c.container("leader")], check=True),
+        lambda c: subprocess.run(["docker", "network", "connect", "--alias", "leader", network(c), c.container("leader")],
+                                 check=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILOVERS))
+def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, case):
+    new_leader, inject, heal = FAILOVERS[case]
+    prefix = f"failover-{uuid.uuid4().hex[:6]}-"
+    urls = [compose.url(s) for s in SERVICES]
+    load_ = Load(urls[0], prefix, count=150, concurrency=8, max_seconds=90, request_timeout=5, addresses=urls).start()
+    try:
+        load_.wait_completed(40)
+        inject(compose)
+        started = time.monotonic()
+        answer = promote(compose, new_leader)
+        assert answer["deposed"] == "leader"
+        load_.wait_completed(100)
+        heal(compose)
+        wait_until(lambda: health(compose, "leader").get("role") == "follower", 60, "the old leader steps down")
+    finally:
+        result = load_.join()
+    began = time.monotonic()
+    wait_until(lambda: converged(compose), 90, "every node converges")
+    converge_s = time.monotonic() - began
+    data = {s: found["data"] for s, found in states(compose).items()}
+    verdict = check(result, prefix, data)
+    rolled = rolled_back(compose, tmp_path, prefix)
+    new_term = [op.finished_at for op in result.ops if op.status == "ok" and op.term == answer["term"]]
+    record(case, verdict, converge_s, rolled_back=len(rolled),
+           first_write_s=(min(new_term) - started) if new_term else "none")
+    assert verdict.valid, (verdict.lost[:10], verdict.unexpected[:10], verdict.partial[:10])
+    acknowledged = {op.key: op.value for op in result.ops if op.status == "ok"}
+    assert not [e.key for e in rolled if acknowledged.get(e.key) == e.value and data["leader"].get(e.key) != e.value]
+    assert new_term, "the new leader acknowledged no write"
+    paths = [compose.copy_log(s, str(tmp_path / f"{s}.log")) for s in SERVICES]
+    assert compare_logs(paths)["equal"]
+    # Switchover back, so the other tests find "leader" leading; nothing is lost by it either.
+    back = promote(compose, "leader")
+    assert back["term"] == answer["term"] + 1
+    wait_until(lambda: all(health(compose, s).get("leader_id") == "leader" for s in SERVICES), 60,
+               "every node follows leader again")
+    wait_until(lambda: converged(compose), 60, "every node converges after the switchover")
+    data = states(compose)["leader"]["data"]
+    assert all(data.get(key) == value for key, value in acknowledged.items())
