@@ -6,6 +6,8 @@ import asyncio
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -143,6 +145,9 @@ async def test_a_deposed_leader_rolls_back_what_it_took_after_the_promotion(make
         files = glob.glob(os.path.join(str(tmp_path), "leader", "rollback", "*.log"))
         rolled = [r.entry for f in files for r in read_log(f).records]
         assert [(e.key, e.term) for e in rolled] == [("lost", 1)]
+        shown = subprocess.run([sys.executable, "-m", "node.logtool", "show", files[0]], capture_output=True,
+                               text=True, timeout=30)
+        assert shown.returncode == 0 and "seq=2" in shown.stdout and "key='lost'" in shown.stdout, shown
 
 
 class _Unreachable:
@@ -155,3 +160,31 @@ class _Unreachable:
 
     def close(self):
         pass
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_push_or_pull_of_an_older_term_is_refused_and_changes_nothing(make_cluster):
+    async with make_cluster(MAX_DELAY="5") as cluster:
+        await cluster.write("a", 1)
+        await cluster.stop("leader")
+        assert (await promote(cluster, "follower2"))[0] == 200
+        assert (await cluster.request("follower2", "POST", "/write", {"key": "b", "value": 2}))[0] == 200
+        before = (await cluster.request("follower4", "GET", "/status"))[1]
+        stale = {"term": 1, "leader_id": "leader", "history": [[1, 1, "leader"]], "committed": 0,
+                 "entries": [{"seq": before["applied_seq"] + 1, "op": "set", "key": "forged", "value": 1, "ts": 0.0,
+                              "term": 1}]}
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            push = await client.fetch(f"http://{cluster.address('follower4')}/replicate", method="POST",
+                                      body=json.dumps(stale), headers=SECRET, raise_error=False)
+            pull = await client.fetch(f"http://{cluster.address('follower2')}/log?after=0&term=1&node_id=leader",
+                                      headers=SECRET, raise_error=False)
+        finally:
+            client.close()
+        for answer in (push, pull):
+            body = json.loads(answer.body)
+            assert answer.code == 409 and body["term"] == 2 and "older" in body["error"], body
+        assert json.loads(pull.body)["leader_id"] == "follower2"
+        after = (await cluster.request("follower4", "GET", "/status"))[1]
+        assert (after["term"], after["applied_seq"]) == (2, before["applied_seq"])
+        assert (await cluster.request("follower4", "GET", "/read/forged"))[0] == 404
