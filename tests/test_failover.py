@@ -188,3 +188,52 @@ async def test_a_push_or_pull_of_an_older_term_is_refused_and_changes_nothing(ma
         after = (await cluster.request("follower4", "GET", "/status"))[1]
         assert (after["term"], after["applied_seq"]) == (2, before["applied_seq"])
         assert (await cluster.request("follower4", "GET", "/read/forged"))[0] == 404
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_candidate_that_is_behind_fetches_what_its_promisers_hold(make_cluster):
+    async with make_cluster(WRITE_QUORUM="2", MAX_DELAY="5") as cluster:
+        await cluster.write("early", 0)
+        await cluster.settled()
+        await cluster.stop("follower3")
+        written = {f"k{i}": i for i in range(10)}
+        for key, value in written.items():
+            assert (await cluster.write(key, value))["success"]
+        await cluster.stop("leader")
+        await cluster.start("follower3")  # no leader to pull from: it holds only "early"
+        status, answer = await promote(cluster, "follower3")
+        assert status == 200 and answer["fetched"] >= 10, answer
+        data = (await cluster.request("follower3", "GET", "/all"))[1]["data"]
+        assert all(data[key] == value for key, value in written.items()) and data["early"] == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_entry_past_a_seq_nobody_holds_is_kept_in_the_new_term(make_cluster, tmp_path):
+    """Writes are confirmed one by one, so seq 3 can be acknowledged while seq 2 reached nobody.
+    The new leader keeps seq 3 (written again in its term, same seq), fills seq 2 with a no-op,
+    and starts its term after them; the followers that held seq 3 in term 1 end equal to it."""
+    async with make_cluster(WRITE_QUORUM="3", MAX_DELAY="5") as cluster:
+        await cluster.write("one", 1)
+        await cluster.settled()
+        await cluster.stop("leader")
+        three = {"seq": 3, "op": "set", "key": "three", "value": 3, "ts": 0.0, "term": 1}
+        push = {"term": 1, "leader_id": "leader", "history": [[1, 1, "leader"]], "committed": 1, "entries": [three]}
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            for name in ("follower1", "follower2", "follower5"):  # W = 3 held seq 3; nobody holds seq 2
+                response = await client.fetch(f"http://{cluster.address(name)}/replicate", method="POST",
+                                              body=json.dumps(push), headers=SECRET)
+                assert json.loads(response.body)["applied_seq"] == 1
+        finally:
+            client.close()
+        status, answer = await promote(cluster, "follower4")
+        assert status == 200 and answer["holes"] == [2] and answer["restamped"] == 2, answer
+        assert answer["term_start_seq"] == 4
+        await cluster.start("leader")
+        await wait_for(lambda: converged(cluster, list(cluster.nodes)), what="every node converges")
+        data = (await cluster.request("follower1", "GET", "/all"))[1]
+        assert data["data"] == {"one": 1, "three": 3} and data["applied_seq"] >= 4
+        entries = {r.entry.seq: r.entry for r in read_log(str(tmp_path / "follower4" / "replication.log")).records}
+        assert (entries[2].op, entries[2].term) == ("noop", 2)
+        assert (entries[3].key, entries[3].value, entries[3].term) == ("three", 3, 2)
+        assert entries[4].op == "noop" and entries[4].value["term_start"] == 2
