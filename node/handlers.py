@@ -328,7 +328,7 @@ def parse_push(body: Any, config) -> Push:
         raise ApiError(400, f"push term must be an integer >= 1, got {term!r}")
     if type(committed) is not int or committed < 0:
         raise ApiError(400, f"push committed must be an integer >= 0, got {committed!r}")
-    if config.address_of(leader_id) is None or leader_id == config.node_id:
+    if not isinstance(leader_id, str) or config.address_of(leader_id) is None or leader_id == config.node_id:
         raise ApiError(400, f"push leader_id {leader_id!r} is not another node of PEERS")
     try:
         history = check_history(body["history"]) if isinstance(body["history"], list) else None
@@ -419,8 +419,11 @@ class PromiseHandler(BaseHandler):
         if not isinstance(body, dict) or not set(body) <= {"candidate", "term", "dry_run"}:
             raise ApiError(400, 'a promise request is {"candidate": id, "term": t} or {"candidate": id, "dry_run": true}')
         candidate, term, dry_run = body.get("candidate"), body.get("term"), body.get("dry_run", False)
-        if self.node.config.address_of(candidate) is None or candidate == self.node.config.node_id:
+        if not isinstance(candidate, str) or self.node.config.address_of(candidate) is None \
+                or candidate == self.node.config.node_id:
             raise ApiError(400, f"candidate {candidate!r} is not another node of PEERS")
+        if not isinstance(dry_run, bool):  # anything else must not fall through to a real, durable promise
+            raise ApiError(400, f"dry_run must be true or false, got {json_type(dry_run)}")
         if dry_run is not True and (type(term) is not int or term < 1):
             raise ApiError(400, f"term must be an integer >= 1, got {term!r}")
         self.send_json(await self.node.promise(term, candidate, dry_run is True))

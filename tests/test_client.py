@@ -318,9 +318,9 @@ async def test_client_against_the_real_cluster(make_cluster):
     async with make_cluster(MIN_DELAY="0", MAX_DELAY="30") as cluster:
         client = Client([cluster.address(name) for name in cluster.follower_names + ["leader"]])
         try:
-            assert await client.leader() == Leader("leader", cluster.address("leader"), None)
+            assert await client.leader() == Leader("leader", cluster.address("leader"), 1)  # a new cluster's first term
             written = await client.write("user:1", {"name": "Ada"})
-            assert (written.status, written.seq, written.leader) == ("ok", 1, cluster.address("leader"))
+            assert (written.status, written.seq, written.term, written.leader) == ("ok", 1, 1, cluster.address("leader"))
             for name in cluster.follower_names:
                 read = await client.read("user:1", node=cluster.address(name), min_seq=written.seq)
                 assert (read.found, read.value, read.seq, read.node) == (True, {"name": "Ada"}, 1, cluster.address(name))

@@ -16,7 +16,7 @@ SPEC_BYTES = Path(handlers.OPENAPI_PATH).read_bytes()
 SPEC = json.loads(SPEC_BYTES)
 METHODS = ("get", "post", "put", "delete", "patch")
 # Every status the handlers can answer with; anything else would be an undocumented answer.
-KNOWN_STATUSES = {"200", "400", "403", "404", "405", "409", "413", "503", "504"}
+KNOWN_STATUSES = {"200", "400", "403", "404", "405", "409", "413", "421", "503", "504"}
 
 
 def implemented_methods(handler_class) -> set[str]:
@@ -117,11 +117,16 @@ def test_error_schema():
     assert error["properties"]["error"]["type"] == "string"
 
 
-def test_writes_document_the_follower_refusal():
+def test_writes_document_the_refusal_of_a_node_that_does_not_lead():
     for path, method in [("/write", "post"), ("/delete/{key}", "delete"), ("/clear", "delete")]:
-        refusal = resolve(SPEC["paths"][path][method]["responses"]["403"])
-        schema = refusal["content"]["application/json"]["schema"]
-        assert "NotAFollowerWrite" in schema_names(schema), path
+        responses = SPEC["paths"][path][method]["responses"]
+        assert "403" not in responses, path  # no secret and no role answers 403 on a write
+        schema = resolve(responses["421"])["content"]["application/json"]["schema"]
+        assert {"NotLeader", "TermFields"} <= schema_names(schema), path
+        assert "term" in SPEC["components"]["schemas"]["MutationResult"]["required"]
+    fields = SPEC["components"]["schemas"]["TermFields"]
+    assert fields["required"] == ["term", "leader_id", "leader_address"]
+    assert fields["properties"]["leader_id"]["nullable"] and fields["properties"]["leader_address"]["nullable"]
 
 
 def test_reads_document_min_seq_and_its_504():
@@ -136,7 +141,8 @@ def test_internal_endpoints_need_the_replication_secret():
     scheme = SPEC["components"]["securitySchemes"]["replicationSecret"]
     assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "X-Replication-Secret"}
     secured = {(path, method) for path, method, op in operations() if op.get("security")}
-    assert secured == {("/replicate", "post"), ("/log", "get")}
+    assert secured == {("/replicate", "post"), ("/log", "get"), ("/admin/promote", "post"), ("/admin/promise", "post"),
+                       ("/admin/entries", "get")}
     for path, method in secured:
         operation = SPEC["paths"][path][method]
         assert operation["security"] == [{"replicationSecret": []}]
@@ -199,9 +205,31 @@ def response_schema(method: str, template: str, status: int) -> dict:
 
 
 SECRET = "openapi-test-secret"
-ENTRY = json.dumps({"seq": 1, "op": "set", "key": "k", "value": {"a": [1, None]}, "ts": 1.5}).encode()
+
+
+def push(term: int, leader_id: str, history: list, entries: list[dict]) -> bytes:
+    return json.dumps({"term": term, "leader_id": leader_id, "history": history, "committed": 0,
+                       "entries": entries}).encode()
+
+
+ENTRY = {"seq": 1, "term": 1, "op": "set", "key": "k", "value": {"a": [1, None]}, "ts": 1.5}
+# From the leader of term 1: the follower stores it; the leader itself refuses a push naming it (400).
+PUSH = push(1, "leader", [[1, 1, "leader"]], [ENTRY])
+# From "other", which the leader's PEERS has and the follower's has not: of the leader's own term.
+PUSH_FROM_OTHER = push(1, "other", [[1, 1, "other"]], [ENTRY])
+# Term 2 from the same leader, so that the term-1 push is stale afterwards.
+PUSH_2 = push(2, "leader", [[1, 1, "leader"], [2, 2, "leader"]],
+              [{"seq": 2, "term": 2, "op": "noop", "key": None, "value": None, "ts": 2.0}])
+BAD_HISTORY = push(1, "leader", [[1, 1, "leader"], [1, 1, "leader"]], [ENTRY])
+
+
+def promise(**body) -> bytes:
+    return json.dumps(body).encode()
+
+
 # (method, path, spec template, body, status on the leader, status on a follower); sent with the
-# replication secret except where the path says otherwise.
+# replication secret except where the path says otherwise. The leader's PEERS: leader, other; the
+# follower's: leader, follower. The follower starts at term 0, the leader at term 1.
 REQUESTS = [
     ("GET", "/health", "/health", None, 200, 200),
     ("GET", "/status", "/status", None, 200, 200),
@@ -215,17 +243,45 @@ REQUESTS = [
     ("GET", "/keys?min_seq=5", "/keys", None, 504, 504),  # nothing applied within READ_WAIT
     ("GET", "/openapi.json", "/openapi.json", None, 200, 200),
     ("GET", "/write", "/write", None, 405, 405),
-    ("POST", "/write", "/write", b"[]", 400, 403),
-    ("DELETE", "/delete/missing", "/delete/{key}", None, 404, 403),
-    ("POST", "/replicate", "/replicate", b"{}", 403, 400),
-    ("POST", "/replicate", "/replicate", ENTRY, 403, 200),
+    ("POST", "/write", "/write", b"[]", 400, 421),
+    ("DELETE", "/delete/missing", "/delete/{key}", None, 404, 421),
+    # The follower knows no leader yet: its only peer is unreachable, so too few answer (503).
+    ("POST", "/admin/promote", "/admin/promote", None, 409, 503),
+    ("GET", "/status", "/status", None, 200, 200),
+    ("POST", "/replicate", "/replicate", b"{}", 400, 400),
+    ("POST", "/replicate", "/replicate", BAD_HISTORY, 400, 400),
+    ("POST", "/replicate", "/replicate", PUSH_FROM_OTHER, 409, 400),  # two leaders of one term: refused
+    ("POST", "/replicate", "/replicate", PUSH, 400, 200),
+    ("GET", "/health", "/health", None, 200, 200),  # the follower now names its leader
+    ("GET", "/status", "/status", None, 200, 200),
     ("GET", "/read/k", "/read/{key}", None, 404, 200),  # after the entry above
     ("GET", "/read/k?min_seq=1", "/read/{key}", None, 504, 200),
     ("GET", "/all?min_seq=1", "/all", None, 504, 200),
-    ("GET", "/log?after=0", "/log", None, 200, 403),
-    ("GET", "/log?limit=0", "/log", None, 400, 403),
-    ("POST", "/replicate#no-secret", "/replicate", ENTRY, 403, 403),
+    ("POST", "/write", "/write", b"[]", 400, 421),  # a leader known now: named in the refusal
+    ("POST", "/replicate", "/replicate", PUSH_2, 400, 200),
+    ("POST", "/replicate", "/replicate", PUSH, 400, 409),  # of term 1, older than the follower's term 2
+    ("GET", "/log?after=0", "/log", None, 200, 409),
+    ("GET", "/log?after=0&term=1", "/log", None, 200, 409),
+    ("GET", "/log?term=0", "/log", None, 409, 409),
+    ("GET", "/log?limit=0", "/log", None, 400, 400),
+    ("GET", "/admin/entries?after=0", "/admin/entries", None, 200, 200),
+    ("GET", "/admin/entries?after=1&upto=2&limit=1", "/admin/entries", None, 200, 200),
+    ("GET", "/admin/entries?limit=0", "/admin/entries", None, 400, 400),
+    ("GET", "/admin/entries?after=x", "/admin/entries", None, 400, 400),
+    ("POST", "/admin/promise", "/admin/promise", b"[]", 400, 400),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="other", dry_run=True), 200, 400),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="leader", dry_run=True), 400, 200),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="other", term=1), 409, 400),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="leader", term=2), 400, 409),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="leader", term=0), 400, 400),
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate=["leader"], dry_run=True), 400, 400),  # was a 500
+    ("POST", "/admin/promise", "/admin/promise", promise(candidate="leader", dry_run="yes", term=9), 400, 400),
+    ("POST", "/replicate", "/replicate", push(1, {"id": 1}, [[1, 1, "leader"]], [ENTRY]), 400, 400),  # was a 500
+    ("POST", "/replicate#no-secret", "/replicate", PUSH, 403, 403),
     ("GET", "/log#no-secret", "/log", None, 403, 403),
+    ("POST", "/admin/promote#no-secret", "/admin/promote", None, 403, 403),
+    ("POST", "/admin/promise#no-secret", "/admin/promise", promise(candidate="leader", dry_run=True), 403, 403),
+    ("GET", "/admin/entries#no-secret", "/admin/entries", None, 403, 403),
 ]
 
 
