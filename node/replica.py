@@ -41,6 +41,15 @@ PROMISE_TIMEOUT_S = 3.0
 FETCH_PAGE = 1000
 
 
+class SameTermLeader(StaleTerm):
+    """A push from another node claiming to lead this leader's own term: refused like a stale
+    one (409), since one term has one leader; it cannot happen unless terms were reused."""
+
+    def __init__(self, term: int, leader_id: str):
+        Exception.__init__(self, f"{leader_id} claims to lead term {term}, which this node leads")
+        self.seen, self.current, self.leader_id = term, term, leader_id
+
+
 class NotLeader(Exception):
     """A write reached a node that does not lead: 421, naming the leader if known."""
 
@@ -131,7 +140,7 @@ class Replica:
             if self._follows(term, leader_id, history):
                 return
             if term == self.state.term and self.role == "leader":
-                raise StaleTerm(term, self.state.term + 1, self.config.node_id)  # two leaders of one term: refuse
+                raise SameTermLeader(term, leader_id)
             # The new state is durable before anything is rolled back: a crash in between leaves a
             # node that rolls back at its next start (see __init__), never one that forgot its term.
             await self._save(self.state.follow(term, leader_id, history))
@@ -403,8 +412,13 @@ class Promotion:
             after, upto = min(seqs) - 1, max(seqs)
             while after < upto:
                 request = peers.entries_request(address, self.config.replication_secret, after, upto, FETCH_PAGE)
-                response = await self.client.fetch(request)
-                page = [Entry.from_dict(item) for item in codec.loads(response.body)["entries"]]
+                try:
+                    response = await self.client.fetch(request)
+                    page = [Entry.from_dict(item) for item in codec.loads(response.body)["entries"]]
+                except Exception as exc:  # noqa: BLE001 - the promiser went away mid-promotion
+                    raise ApiError(503, f"promotion aborted: fetching seq {after + 1}..{upto} from {node_id} failed "
+                                        f"({type(exc).__name__}: {exc}); the promises stand, so the old leader "
+                                        f"cannot acknowledge writes: try the promotion again") from None
                 if not page:
                     break
                 for entry in page:
