@@ -49,6 +49,8 @@ def routes(node) -> list:
         (r"/admin/promote", h.PromoteHandler, args),
         (r"/admin/promise", h.PromiseHandler, args),
         (r"/admin/entries", h.EntriesHandler, args),
+        (r"/admin/pause", h.PauseHandler, args),
+        (r"/admin/resume", h.ResumeHandler, args),
         (r"/openapi.json", h.OpenApiHandler, args),
     ]
 
@@ -83,9 +85,36 @@ def open_node(config: Config):
         raise
 
 
+class CoordinatorUnreachable(Exception):
+    """ETCD_ENDPOINTS is set but no endpoint answers at start."""
+
+
+async def attach_coordinator(node) -> None:
+    """With ``ETCD_ENDPOINTS``, the node's failover coordinator; etcd must answer at start (a
+    typo in the endpoints would otherwise surface only at the first failover)."""
+    from node.etcd import EtcdClient, EtcdError
+    from node.failover import Coordinator
+
+    config = node.config
+    etcd = EtcdClient(list(config.etcd_endpoints))
+    try:
+        await etcd.get(f"{config.etcd_prefix}/leader")
+    except EtcdError as exc:
+        etcd.close()
+        raise CoordinatorUnreachable(f"ETCD_ENDPOINTS={','.join(config.etcd_endpoints)}: {exc}; check the "
+                                     f"addresses, or unset ETCD_ENDPOINTS for manual failover") from None
+    node.coordinator = Coordinator(node, etcd)
+
+
 async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
     """Open, serve and start a node on the running loop (used by ``main`` and by tests)."""
     node = open_node(config)
+    if config.etcd_endpoints:
+        try:
+            await attach_coordinator(node)
+        except BaseException:
+            await node.close()
+            raise
     # Headroom above every route's own limit, so an oversized body reaches its handler and gets
     # a JSON 413 (the handlers stream and count; nothing is buffered past the route's limit).
     server = HTTPServer(make_app(node), max_body_size=node.limits.server_body_bytes)
@@ -160,6 +189,6 @@ def main() -> None:
     setup_logging(config)
     try:
         event_loop_runner()(serve(config))
-    except (LogCorruptError, LeaderLogError, TermFileError, OSError) as exc:
+    except (LogCorruptError, LeaderLogError, TermFileError, CoordinatorUnreachable, OSError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 ROLES = ("leader", "follower")
+FAILOVER_MODES = ("auto", "manual")
 FSYNC_POLICIES = ("always", "batch", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_BATCH_LINGER_US = 2000
@@ -52,6 +53,12 @@ class Config:
     batch_linger_us: int = 0
     catchup_interval_ms: int = 2000
     read_wait_ms: int = 1000
+    # Automatic failover (etcd as the coordinator); none without ETCD_ENDPOINTS.
+    etcd_endpoints: tuple[str, ...] = ()
+    failover: str = "manual"
+    leader_ttl_ms: int = 3000
+    priority: int = 0
+    etcd_prefix: str = "/kvstore"
 
     @property
     def is_leader(self) -> bool:
@@ -173,7 +180,31 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         catchup_interval_ms=_int(env, "CATCHUP_INTERVAL", 2000, 50, 600_000, " ms"),
         read_wait_ms=_int(env, "READ_WAIT", DEFAULT_READ_WAIT_MS, 0, MAX_READ_WAIT_MS, " ms"),
         **_replication_settings(env, len(peers) - 1),
+        **_failover_settings(env),
     )
+
+
+def _endpoint(raw: str) -> str:
+    url = raw if "://" in raw else f"http://{raw}"
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"ETCD_ENDPOINTS entry {raw!r} is not an http(s) URL, e.g. http://etcd1:2379")
+    parse_address("ETCD_ENDPOINTS", rest.rstrip("/"))
+    return url.rstrip("/")
+
+
+def _failover_settings(env: Mapping[str, str]) -> dict:
+    """``ETCD_ENDPOINTS`` turns on the coordinator; ``FAILOVER`` says whether it may promote."""
+    raw = env.get("ETCD_ENDPOINTS", "").strip()
+    endpoints = tuple(_endpoint(part.strip()) for part in raw.split(",") if part.strip())
+    mode = _choice(env, "FAILOVER", "auto" if endpoints else "manual", FAILOVER_MODES)
+    if mode == "auto" and not endpoints:
+        raise ConfigError("FAILOVER=auto needs ETCD_ENDPOINTS (e.g. http://etcd1:2379,http://etcd2:2379); "
+                          "without a coordinator failover is manual")
+    ttl = _int(env, "LEADER_TTL", 3000, 1000, 600_000, " ms")
+    return dict(etcd_endpoints=endpoints, failover=mode, leader_ttl_ms=ttl,
+                priority=_int(env, "PRIORITY", 0, 0, 1000, " (higher wins ties in the healthiest check)"),
+                etcd_prefix=_get(env, "ETCD_PREFIX", "/kvstore").rstrip("/") or "/kvstore")
 
 
 def _replication_settings(env: Mapping[str, str], n: int) -> dict:

@@ -444,6 +444,26 @@ class EntriesHandler(LogHandler):
         self.send_json({"entries": [e.to_dict() for e in entries], "node_id": self.node.config.node_id})
 
 
+class PauseHandler(BaseHandler):
+    """Internal POST /admin/pause: no automatic failover until /admin/resume (kept in etcd, so
+    every node sees it), like ``patronictl pause``; manual promotion still works."""
+
+    paused = True
+
+    async def post(self) -> None:
+        self.check_secret()
+        coordinator = self.node.coordinator
+        if coordinator is None:
+            raise ApiError(409, "this cluster has no coordinator (ETCD_ENDPOINTS is not set): failover is manual already")
+        self.send_json(await coordinator.set_paused(self.paused))
+
+
+class ResumeHandler(PauseHandler):
+    """Internal POST /admin/resume: automatic failover again."""
+
+    paused = False
+
+
 class OpenApiHandler(BaseHandler):
     """The client API's OpenAPI 3 description, as kept in the repository."""
 

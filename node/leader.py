@@ -73,14 +73,25 @@ class LeaderStopping(Exception):
 
 
 class LeaderSteppedDown(LeaderStopping):
-    """A node of a later term exists: this leader stepped down while the write waited."""
+    """This leader stepped down (a later term began, or its lease ran out) while the write waited."""
 
-    def __init__(self, seq: int, confirmations: int, quorum: int, term: int, leader_id: str | None):
+    def __init__(self, seq: int, confirmations: int, quorum: int, reason: str):
         self.seq, self.confirmations, self.quorum = seq, confirmations, quorum
         Exception.__init__(
-            self, f"this node stepped down (term {term} began{', led by ' + leader_id if leader_id else ''}) while "
-                  f"write seq {seq} had {confirmations} of {quorum} required follower confirmations; the outcome is "
-                  f"unknown: the new leader keeps the write if a quorum held it. Read the key on the new leader")
+            self, f"this node stepped down ({reason}) while write seq {seq} had {confirmations} of {quorum} required "
+                  f"follower confirmations; the outcome is unknown: the new leader keeps the write if a quorum held "
+                  f"it. Read the key on the new leader")
+
+
+class LeaseLost(LeaderStopping):
+    """The leader lease ran out (etcd unreachable) while the write waited: not acknowledged."""
+
+    def __init__(self, seq: int, confirmations: int, quorum: int):
+        self.seq, self.confirmations, self.quorum = seq, confirmations, quorum
+        Exception.__init__(
+            self, f"write seq {seq} reached {confirmations} of {quorum} confirmations, but this leader's lease in etcd "
+                  f"could not be renewed in time, so it acknowledges nothing more: the outcome is unknown (the next "
+                  f"leader keeps the write if a quorum held it). Read the key on the leader /health names")
 
 
 class Leader:
@@ -271,10 +282,18 @@ class Leader:
         future = self._quorum_waiters.pop(seq, None)
         if future is None or future.done():
             return
+        if error is None and not self._may_acknowledge():
+            error = LeaseLost(seq, confirmations, self.config.write_quorum)
         if error is None:
             future.set_result(confirmations)
         else:
             future.set_exception(error)
+
+    def _may_acknowledge(self) -> bool:
+        """With a coordinator, only while the leader lease is valid by this node's clock: a
+        leader cut off from etcd stops acknowledging before anyone else can take the key."""
+        coordinator = self.host.coordinator if self.host is not None else None
+        return coordinator is None or coordinator.may_acknowledge()
 
     # --- reads of the leader's state ---------------------------------------------------------
 
@@ -322,12 +341,12 @@ class Leader:
             self._resolve(seq, error=LeaderStopping(seq, self.core.quorum.confirmations(seq), self.config.write_quorum))
         await self.writes.wait_idle(ANSWER_GRACE_S)
 
-    def step_down(self, term: int, leader_id: str | None) -> None:
+    def step_down(self, reason: str) -> None:
         """Stop leading at once: no more sends, and every write still waiting for its quorum is
         answered 503, outcome unknown (the log stays open: the node goes on as a follower)."""
         for seq in list(self._quorum_waiters):
             self._resolve(seq, error=LeaderSteppedDown(seq, self.core.quorum.confirmations(seq),
-                                                       self.config.write_quorum, term, leader_id))
+                                                       self.config.write_quorum, reason))
         self._stop()
 
     def _stop(self) -> None:

@@ -67,6 +67,7 @@ class Replica:
         self.known_committed = 0
         self._transition = asyncio.Lock()
         self.background = TaskGroup("terms")
+        self.coordinator = None  # node.failover.Coordinator, when ETCD_ENDPOINTS is set
         self.role_obj: Leader | Follower = self._make_role(entries)
         self._promoting = False
         if isinstance(self.role_obj, Follower) and self.state.history:
@@ -90,19 +91,22 @@ class Replica:
     def start(self) -> None:
         terms.save(self.config.data_dir, self.state)  # the first leader's term 1 is durable before it serves
         self.role_obj.start()
+        if self.coordinator is not None:
+            self.coordinator.start()
 
     def _held_entries(self) -> list[Entry]:
         if isinstance(self.role_obj, Leader):
             return list(self.role_obj.core.entries)
         return self.role_obj.core.entries_in_order()
 
-    async def _become_follower(self) -> None:
+    async def _become_follower(self, reason: str | None = None) -> None:
         leader = self.role_obj
         if not isinstance(leader, Leader):
             return
-        leader.step_down(self.state.term, self.state.leader_id)
-        log.warning("stepped down: term %d began (leader %s); this node follows from now on",
-                    self.state.term, self.state.leader_id or "not known yet")
+        reason = reason or (f"term {self.state.term} began"
+                            + (f", led by {self.state.leader_id}" if self.state.leader_id else ""))
+        leader.step_down(reason)
+        log.warning("stepped down: %s; this node follows from now on", reason)
         self.role_obj = Follower(self.config, self.limits, self.log, list(leader.core.entries), host=self)
         self.role_obj.start()
 
@@ -173,6 +177,15 @@ class Replica:
         log.warning("rolled back %d entries (seq %d..%d) the term %d leader does not have; they are in %s",
                     len(removed), removed[0].seq, removed[-1].seq, term, path)
 
+    async def demote(self, reason: str) -> None:
+        """Stop leading without a new term (the coordinator's lease ran out): no leader is known
+        until the next one pushes, and a restart finds this node a follower."""
+        async with self._transition:
+            if self.role != "leader":
+                return
+            await self._save(TermState(self.state.term, self.state.voted_for, None, self.state.history))
+            await self._become_follower(reason)
+
     async def discover_leader(self, client) -> None:
         """Ask every peer's /health who leads; take the answer of the latest term."""
         answers = await asyncio.gather(*(client.fetch(peers.health_request(address), raise_error=False)
@@ -240,9 +253,12 @@ class Replica:
                 "leader_id": self.state.leader_id, "leader_address": self.leader_address}
 
     def status(self) -> dict:
-        return {**self.role_obj.status(), "term": self.state.term, "leader_id": self.state.leader_id,
-                "leader_address": self.leader_address, "voted_for": self.state.voted_for,
-                "history": [list(item) for item in self.state.history]}
+        status = {**self.role_obj.status(), "term": self.state.term, "leader_id": self.state.leader_id,
+                  "leader_address": self.leader_address, "voted_for": self.state.voted_for,
+                  "history": [list(item) for item in self.state.history]}
+        if self.coordinator is not None:
+            status["failover"] = self.coordinator.status()
+        return status
 
     def not_leader_fields(self) -> dict:
         return {"leader_id": self.state.leader_id, "leader_address": self.leader_address, "term": self.state.term}
@@ -256,7 +272,8 @@ class Replica:
             applied, beyond = self.role_obj.last_seq, []
         else:
             applied, beyond = self.store.applied_seq, sorted(self.role_obj.core.beyond_applied())
-        return {"node_id": self.config.node_id, "term": self.state.term, "leader_id": self.state.leader_id,
+        return {"node_id": self.config.node_id, "role": self.role, "term": self.state.term,
+                "leader_id": self.state.leader_id, "priority": self.config.priority,
                 "history": [list(item) for item in self.state.history], "applied_seq": applied, "beyond": beyond}
 
     async def promise(self, term: int | None, candidate: str, dry_run: bool) -> dict:
@@ -280,7 +297,11 @@ class Replica:
 
     # --- promotion: the candidate's side --------------------------------------------------
 
-    async def promote(self) -> dict:
+    async def promote(self, term: int | None = None) -> dict:
+        """Make this node the leader of ``term`` (the coordinator's, from etcd), or of the next
+        term after every one the peers know (a manual promotion without a coordinator)."""
+        if self.coordinator is not None and term is None:
+            return await self.coordinator.promote_by_hand()
         if self.role == "leader":
             raise ApiError(409, f"{self.config.node_id} already leads term {self.state.term}", **self.not_leader_fields())
         if self._promoting:
@@ -288,7 +309,7 @@ class Replica:
         self._promoting = True
         started = time.monotonic()
         try:
-            return await Promotion(self).run(started)
+            return await Promotion(self).run(started, term)
         finally:
             self._promoting = False
 
@@ -314,6 +335,8 @@ class Replica:
         await self.role_obj.drain(timeout)
 
     async def close(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.close()
         await self.background.cancel_all()
         await self.role_obj.close()
         self.log.close()
@@ -327,9 +350,9 @@ class Promotion:
         self.config = node.config
         self.client = peers.make_client()
 
-    async def run(self, started: float) -> dict:
+    async def run(self, started: float, term: int | None = None) -> dict:
         try:
-            return await self._run(started)
+            return await self._run(started, term)
         finally:
             self.client.close()
 
@@ -368,7 +391,7 @@ class Promotion:
                  f"a majority). Bring more followers back, then try again",
             answered=len(granted), needed=needed, granted=granted, unreachable=missing, stage=stage)
 
-    async def _run(self, started: float) -> dict:
+    async def _run(self, started: float, given_term: int | None) -> dict:
         node, me = self.node, self.config.node_id
         probes = await self._ask_all({"candidate": me, "dry_run": True})
         deposed, electorate = self._electorate(probes)
@@ -376,7 +399,10 @@ class Promotion:
         reachable = [n for n in electorate if n == me or isinstance(probes.get(n), dict)]
         if len(reachable) < needed:
             raise self._refuse("answered", reachable, needed, electorate, probes)
-        term = max([node.state.term] + [a["term"] for a in probes.values() if isinstance(a, dict)]) + 1
+        known = max([node.state.term] + [a["term"] for a in probes.values() if isinstance(a, dict)])
+        if given_term is not None and given_term <= known:
+            raise ApiError(409, f"promotion to term {given_term} refused: a node already knows term {known}")
+        term = given_term or known + 1
         async with node._transition:
             await node._save(node.state.promise(term, me))
         promises = await self._ask_all({"candidate": me, "term": term})

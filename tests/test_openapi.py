@@ -142,7 +142,7 @@ def test_internal_endpoints_need_the_replication_secret():
     assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "X-Replication-Secret"}
     secured = {(path, method) for path, method, op in operations() if op.get("security")}
     assert secured == {("/replicate", "post"), ("/log", "get"), ("/admin/promote", "post"), ("/admin/promise", "post"),
-                       ("/admin/entries", "get")}
+                       ("/admin/entries", "get"), ("/admin/pause", "post"), ("/admin/resume", "post")}
     for path, method in secured:
         operation = SPEC["paths"][path][method]
         assert operation["security"] == [{"replicationSecret": []}]
@@ -282,6 +282,9 @@ REQUESTS = [
     ("POST", "/admin/promote#no-secret", "/admin/promote", None, 403, 403),
     ("POST", "/admin/promise#no-secret", "/admin/promise", promise(candidate="leader", dry_run=True), 403, 403),
     ("GET", "/admin/entries#no-secret", "/admin/entries", None, 403, 403),
+    ("POST", "/admin/pause", "/admin/pause", b"", 409, 409),  # no coordinator here: failover is manual
+    ("POST", "/admin/resume", "/admin/resume", b"", 409, 409),
+    ("POST", "/admin/pause#no-secret", "/admin/pause", b"", 403, 403),
 ]
 
 

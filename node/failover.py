@@ -1,0 +1,280 @@
+"""Automatic failover with etcd as the coordinator, the way Patroni runs PostgreSQL.
+
+Every ``LEADER_TTL / 4`` each node runs one cycle: read the leader key (and the pause key)
+from etcd, let ``node.core.coordination.decide`` pick one action, do it, and keep the sentence
+that says why (``/status`` shows it). The leader key names the leader and is bound to a
+lease of ``LEADER_TTL``:
+
+- the leader renews the lease every third of the TTL; if it cannot, it stops acknowledging
+  writes when its own clock says the lease is over (minus a margin), before etcd lets anyone
+  else take the key, and steps down;
+- when the key is gone, a follower asks the others what they hold, and races only if enough
+  answered (``N - W + 1``) and none is ahead of it; the winner creates the key in one
+  transaction that also moves etcd's term counter on, and promotes itself in that term with
+  the promotion of ``node.replica`` (promises from ``N - W + 1``, what they hold fetched).
+
+The key only says who should lead. What keeps two leaders from both acknowledging is the
+term: the promotion's promises fence the old leader, whatever it believes about the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from node.core.coordination import Action, Decision, LeaderLease, Position, View, decide, healthiest
+from node.core.terms import check_history, last_leader, promise_quorum
+from node.etcd import EtcdClient, EtcdError, LeaseGone
+from node.tasks import TaskGroup
+from node.validation import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, node, etcd: EtcdClient, clock=time.monotonic) -> None:
+        config = node.config
+        self.node, self.etcd, self.clock = node, etcd, clock
+        self.ttl_s = config.leader_ttl_ms / 1000
+        self.lease = LeaderLease(self.ttl_s, margin_s=self.ttl_s / 6)
+        self.lease_id: int | None = None
+        prefix = config.etcd_prefix
+        self.leader_key, self.term_key, self.pause_key = f"{prefix}/leader", f"{prefix}/term", f"{prefix}/pause"
+        self.automatic = config.failover == "auto"
+        self.holder: str | None = None
+        self.paused = False
+        self.reachable = False
+        self.last_decision: str | None = None
+        self.last_failover: dict | None = None
+        self._leaderless_since: float | None = None
+        self.background = TaskGroup("coordinator")
+        self._stopped = asyncio.Event()
+        self._cycle_lock = asyncio.Lock()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.background.spawn(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                await self.cycle()
+            except Exception:  # noqa: BLE001 - one bad cycle must not end failover
+                log.exception("coordinator cycle failed")
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self.ttl_s / 4)
+            except asyncio.TimeoutError:
+                pass
+
+    async def cycle(self) -> Decision:
+        """Read etcd, decide one thing, do it."""
+        async with self._cycle_lock:
+            await self._read_etcd()
+            now = self.clock()
+            decision = decide(View(self.node.config.node_id, self.node.role == "leader", self.holder, self.reachable,
+                                   self.lease.acknowledging(now), self.automatic, self.paused))
+            if decision.sentence != self.last_decision:
+                log.info("failover: %s", decision.sentence)
+            self.last_decision = decision.sentence
+            await getattr(self, "_" + decision.action.name.lower())()
+            return decision
+
+    async def _read_etcd(self) -> None:
+        try:
+            held = await self.etcd.get(self.leader_key)
+            self.paused = await self.etcd.get(self.pause_key) is not None
+            self.holder = held.value if held is not None else None
+            if not self.reachable:
+                log.info("etcd reachable at %s", self.etcd.endpoint)
+            self.reachable = True
+        except EtcdError as exc:
+            if self.reachable:
+                log.warning("etcd unreachable: %s", exc)
+            self.reachable = False
+
+    def may_acknowledge(self) -> bool:
+        return self.lease.acknowledging(self.clock())
+
+    # --- the actions ----------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        if not self.reachable or self.lease_id is None or not self.lease.renew_due(self.clock()):
+            return
+        sent = self.clock()
+        try:
+            self.lease.renewed(sent, await self.etcd.keepalive(self.lease_id))
+        except LeaseGone:
+            self.lease.lost()
+        except EtcdError as exc:
+            log.warning("could not renew the leader lease (%.1f s left): %s", self.lease.remaining(self.clock()), exc)
+
+    async def _acquire(self) -> None:
+        """A leader without the key (a new cluster's first leader, or after etcd lost it): take it
+        in its own term if the counter allows, else step down and let the healthiest race."""
+        term = self.node.state.term
+        acquired, sent = await self._take_key(known_term=term - 1)
+        if acquired is None:
+            return
+        if acquired.term != term:
+            log.warning("etcd's term counter is at %d, past this leader's term %d: stepping down", acquired.term, term)
+            await self._release()
+            await self.node.demote("the term counter in etcd moved past this leader's term")
+            return
+        log.info("took the leader key for term %d", term)
+
+    async def _step_down(self) -> None:
+        if self.node.role == "leader":
+            await self.node.demote(self.last_decision or "lost the leader key")
+        await self._release()
+
+    async def _follow(self) -> None:
+        self._leaderless_since = None
+
+    async def _wait(self) -> None:
+        return None
+
+    async def _check_health(self) -> None:
+        """The key is free: race for it only if this node is the healthiest follower."""
+        now = self.clock()
+        if self._leaderless_since is None:
+            self._leaderless_since = now
+        answers = await self._positions()
+        alive_leader = [a for a in answers if a.get("role") == "leader" and a["term"] >= self.node.state.term]
+        if alive_leader:
+            self.last_decision = f"{alive_leader[0]['node_id']} answers as the leader of term " \
+                                 f"{alive_leader[0]['term']}: waiting for it to take the key"
+            return
+        electorate = self._electorate(answers)
+        needed = promise_quorum(len(electorate), self.node.config.write_quorum)
+        others = [_position(a) for a in answers if a["node_id"] in electorate]
+        verdict = healthiest(self._my_position(), others, needed)
+        self.last_decision = verdict.reason
+        if verdict.race:
+            await self._race(max([self.node.state.term] + [a["term"] for a in answers]), now)
+
+    async def _race(self, known_term: int, began: float) -> dict | None:
+        acquired, _ = await self._take_key(known_term)
+        if acquired is None:
+            return None
+        deposed = last_leader(self.node.state.history)
+        try:
+            summary = await self.node.promote(term=acquired.term)
+        except Exception as exc:  # noqa: BLE001 - the key must not stay with a node that does not lead
+            log.warning("won the leader key for term %d but the promotion failed: %s", acquired.term, exc)
+            await self._release()
+            raise
+        took = self.clock() - (self._leaderless_since or began)
+        self.last_failover = {"at": time.time(), "from": deposed, "to": self.node.config.node_id,
+                              "term": acquired.term, "unavailable_s": round(took, 2)}
+        self._leaderless_since = None
+        log.warning("failover: %s now leads term %d (from %s), %.2f s after the leader key was found free",
+                    self.node.config.node_id, acquired.term, deposed, took)
+        return summary
+
+    async def _take_key(self, known_term: int):
+        """Grant a lease and create the leader key with it; (Acquired, sent) or (None, sent)."""
+        sent = self.clock()
+        try:
+            lease_id = await self.etcd.grant(round(self.ttl_s))
+            acquired = await self.etcd.create_leader(self.leader_key, self.node.config.node_id, lease_id,
+                                                     self.term_key, known_term)
+        except EtcdError as exc:
+            log.warning("could not take the leader key: %s", exc)
+            return None, sent
+        if acquired is None:
+            await self._revoke(lease_id)
+            return None, sent
+        self.lease_id = lease_id
+        self.lease.renewed(sent, self.ttl_s)
+        return acquired, sent
+
+    async def _release(self) -> None:
+        self.lease.lost()
+        lease_id, self.lease_id = self.lease_id, None
+        try:
+            await self.etcd.release_leader(self.leader_key, self.node.config.node_id)
+        except EtcdError:
+            pass
+        if lease_id is not None:
+            await self._revoke(lease_id)
+
+    async def _revoke(self, lease_id: int) -> None:
+        try:
+            await self.etcd.revoke(lease_id)
+        except EtcdError:
+            pass  # it expires by itself
+
+    # --- positions ------------------------------------------------------------------------
+
+    async def _positions(self) -> list[dict]:
+        from node.replica import Promotion
+
+        promotion = Promotion(self.node)
+        try:
+            found = await promotion._ask_all({"candidate": self.node.config.node_id, "dry_run": True})
+        finally:
+            promotion.client.close()
+        return [a for a in found.values() if isinstance(a, dict)]
+
+    def _electorate(self, answers: list[dict]) -> list[str]:
+        histories = [self.node.state.history] + [check_history(a["history"]) for a in answers]
+        newest = max(histories, key=lambda h: h[-1][0] if h else 0)
+        deposed = last_leader(newest)
+        return [node_id for node_id, _ in self.node.config.peers if node_id != deposed]
+
+    def _my_position(self) -> Position:
+        holding = self.node.holding()
+        return _position(holding)
+
+    # --- operators ------------------------------------------------------------------------
+
+    async def promote_by_hand(self) -> dict:
+        """``POST /admin/promote`` with a coordinator: through the same lock."""
+        async with self._cycle_lock:
+            await self._read_etcd()
+            if not self.reachable:
+                raise ApiError(503, "etcd is unreachable: a promotion needs the leader key; try again when it is back")
+            if self.holder is not None and self.holder != self.node.config.node_id:
+                raise ApiError(409, f"the leader key is held by {self.holder}, which leads: stop it first (a planned "
+                                    f"switchover is not available yet), or wait for its lease to expire")
+            answers = await self._positions()
+            known = max([self.node.state.term] + [a["term"] for a in answers])
+            summary = await self._race(known, self.clock())
+            if summary is None:
+                raise ApiError(409, "another node took the leader key first; see /health for who leads")
+            return summary
+
+    async def set_paused(self, paused: bool) -> dict:
+        try:
+            if paused:
+                await self.etcd.put(self.pause_key, self.node.config.node_id)
+            else:
+                await self.etcd.delete(self.pause_key)
+        except EtcdError as exc:
+            raise ApiError(503, f"etcd is unreachable, the pause could not be {'set' if paused else 'lifted'}: {exc}") \
+                from None
+        self.paused = paused
+        return {"paused": paused}
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": self.node.config.failover, "paused": self.paused, "etcd_endpoints": list(self.etcd.endpoints),
+                "etcd_reachable": self.reachable, "etcd_endpoint": self.etcd.endpoint, "leader_key_holder": self.holder,
+                "lease_ttl_s": self.ttl_s, "lease_remaining_s": round(self.lease.remaining(self.clock()), 2),
+                "last_decision": self.last_decision, "last_failover": self.last_failover}
+
+    async def close(self) -> None:
+        self._stopped.set()
+        await self.background.cancel_all()
+        if self.node.role == "leader":
+            await self._release()  # a clean stop hands the key on at once
+        self.etcd.close()
+
+
+def _position(holding: dict) -> Position:
+    history = check_history(holding["history"])
+    beyond = holding.get("beyond") or []
+    last = max([int(holding["applied_seq"])] + [int(s) for s in beyond])
+    return Position(holding["node_id"], history[-1][0] if history else 0, last, int(holding.get("priority", 0)))
