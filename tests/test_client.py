@@ -318,7 +318,7 @@ async def test_client_against_the_real_cluster(make_cluster):
     async with make_cluster(MIN_DELAY="0", MAX_DELAY="30") as cluster:
         client = Client([cluster.address(name) for name in cluster.follower_names + ["leader"]])
         try:
-            assert await client.leader() == Leader("leader", cluster.address("leader"), None)
+            assert await client.leader() == Leader("leader", cluster.address("leader"), 1)  # /health gives the term
             written = await client.write("user:1", {"name": "Ada"})
             assert (written.status, written.seq, written.leader) == ("ok", 1, cluster.address("leader"))
             for name in cluster.follower_names:
