@@ -3,6 +3,10 @@
 For each quorum k: restart the leader with WRITE_QUORUM=k, clear the store (replicated) and wait
 until every follower applied the clear, send the writes, snapshot all replicas at once, poll until
 they match the leader, compare the six logs. Then write CSV, JSON, figures and REPORT.md.
+
+The leader is whichever node node.client finds leading (Client.leader(), asked of all six), not
+necessarily the one named leader: after a promotion it is another. The writes go through
+Client.write; summary.json and the progress output name the node measured as leader.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from analysis.cluster import (
     ComposeCluster,
     Endpoints,
     LocalCluster,
+    find_leader,
     get_json,
     make_client,
     make_endpoints,
@@ -34,8 +39,12 @@ from analysis.cluster import (
 )
 from analysis.report import write_outputs
 from analysis.workload import follower_names, plan_writes, reset_store, run_writes
+from node.client import Client
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Each write's deadline in node.client: above the nodes' WRITE_TIMEOUT (10 s by default), so a
+# quorum that is not reached comes back as the leader's 504, not as the client giving up.
+WRITE_DEADLINE_S = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,31 +98,36 @@ def check_leader(status: dict, args: argparse.Namespace, quorum: int) -> None:
     want = {"write_quorum": quorum, "min_delay_ms": args.min_delay, "max_delay_ms": args.max_delay}
     wrong = {k: (status.get(k), v) for k, v in want.items() if status.get(k) != v}
     if wrong:
-        raise RuntimeError(f"leader runs with {wrong} (seen, wanted); does the compose file pass "
-                           f"WRITE_QUORUM, MIN_DELAY and MAX_DELAY to the leader?")
+        raise RuntimeError(f"leader {status.get('node_id')} runs with {wrong} (seen, wanted); does the compose file "
+                           f"pass WRITE_QUORUM, MIN_DELAY and MAX_DELAY to every node?")
 
 
 async def measure_quorum(cluster: Cluster, args: argparse.Namespace, quorum: int,
                          bar: tqdm) -> tuple[list[dict], list[dict], dict]:
-    """Clear, write, then observe the replicas: the writes rows, consistency rows and facts of one quorum."""
-    ep = cluster.endpoints
-    client = make_client(args.concurrency + 2 * len(NODE_NAMES) + 8)
+    """Find the leader, clear, write, then observe the replicas: the writes rows, consistency
+    rows and facts of one quorum. ``cluster.endpoints`` is left led by the node measured."""
+    http = make_client(2 * len(NODE_NAMES) + 8)  # the snapshot's twelve requests at once
+    # One connection per write in flight and a few spare, so no write waits in the client's queue.
+    writer = Client(list(cluster.endpoints.by_name.values()), timeout=WRITE_DEADLINE_S,
+                    max_clients=args.concurrency + 8)
     try:
-        status = await get_json(client, f"{ep.leader}/status")
+        ep = cluster.endpoints = await find_leader(cluster.endpoints, writer)
+        status = await get_json(http, f"{ep.leader}/status")
         check_leader(status, args, quorum)
-        bar.set_postfix_str(f"k={quorum} clearing")
-        clear_seq = await reset_store(client, ep, args.converge_timeout, args.poll_interval)
-        bar.set_postfix_str(f"k={quorum} writing")
+        bar.set_postfix_str(f"k={quorum} clearing, leader {ep.leader_id}")
+        clear_seq = await reset_store(writer, http, ep, args.converge_timeout, args.poll_interval)
+        names = follower_names(await get_json(http, f"{ep.leader}/status"))
+        bar.set_postfix_str(f"k={quorum} writing to {ep.leader_id}")
         plan = plan_writes(args.writes, args.keys, quorum, args.seed)
-        writes, t0 = await run_writes(client, ep.leader, plan, quorum, args.concurrency,
-                                      follower_names(status), on_done=lambda: bar.update(1))
+        writes, t0 = await run_writes(writer, plan, quorum, args.concurrency, names, on_done=lambda: bar.update(1))
         bar.set_postfix_str(f"k={quorum} converging")
-        rows, leader_last_seq = await observe_replicas(client, ep, args, quorum, writes, t0, clear_seq)
-        facts = {"quorum": quorum, "clear_seq": clear_seq, "fsync": status.get("fsync"),
+        rows, leader_last_seq = await observe_replicas(http, ep, args, quorum, writes, t0, clear_seq)
+        facts = {"quorum": quorum, "leader_id": ep.leader_id, "clear_seq": clear_seq, "fsync": status.get("fsync"),
                  "write_timeout_ms": status.get("write_timeout_ms"), "leader_last_seq": leader_last_seq}
         return writes, rows, facts
     finally:
-        client.close()
+        writer.close()
+        http.close()
 
 
 async def observe_replicas(client: AsyncHTTPClient, ep: Endpoints, args: argparse.Namespace,
@@ -128,20 +142,22 @@ async def observe_replicas(client: AsyncHTTPClient, ep: Endpoints, args: argpars
     snap_s = time.perf_counter() - t0
     snap = await cons.snapshot(client, ep)
     snap_done_ms = (time.perf_counter() - t0 - last_s) * 1000
-    rows = cons.snapshot_rows(quorum, snap, writes, clear_seq, snap_s, last_s)
-    times = await cons.wait_converged(client, ep, snap["leader"]["all"],
+    rows = cons.snapshot_rows(quorum, snap, writes, clear_seq, snap_s, last_s, leader=ep.leader_id)
+    times = await cons.wait_converged(client, ep, snap[ep.leader_id]["all"],
                                       {r["follower"]: r["identical_at_snapshot"] for r in rows},
                                       t0 + last_s, args.poll_interval, args.converge_timeout)
     for row in rows:
         row.update(converge_s=times[row["follower"]], converged=times[row["follower"]] is not None,
                    snapshot_done_ms=snap_done_ms)
-    return rows, int(snap["leader"]["status"]["last_seq"])
+    return rows, int(snap[ep.leader_id]["status"]["last_seq"])
 
 
 def add_log_comparison(cluster: Cluster, rows: list[dict], facts: dict, workdir: str) -> None:
-    """Compare the six logs after convergence; per-follower details go into the consistency rows."""
+    """Compare the six logs after convergence, the leader's (``facts["leader_id"]``) first;
+    per-follower details go into the consistency rows."""
     paths = cluster.log_paths(workdir)
-    ordered = [paths[name] for name in NODE_NAMES]
+    leader = facts["leader_id"]
+    ordered = [paths[leader]] + [paths[name] for name in paths if name != leader]
     details = cons.builtin_compare_logs(ordered, since_seq=facts["clear_seq"])
     verdict = cons.compare_logs(ordered)
     equal = cons.logs_equal(verdict)
@@ -184,6 +200,8 @@ def run_study(args: argparse.Namespace) -> dict[str, str]:
             all_writes += writes
             all_rows += rows
             info.append(facts)
+            tqdm.write(f"k={quorum}: measured {facts['leader_id']} ({cluster.endpoints.leader}) as the leader",
+                       file=sys.stderr)
     finally:
         bar.close()
         cluster.close()
@@ -202,7 +220,8 @@ def study_meta(args: argparse.Namespace, cluster: Cluster, info: list[dict], wal
         "poll_interval_s": args.poll_interval, "converge_timeout_s": args.converge_timeout,
         "fsync": info[0].get("fsync") if info else None,
         "log_comparison_source": info[0].get("log_comparison_source") if info else None,
-        "leader_url": cluster.endpoints.leader, "wall_s": wall_s, "cpus": os.cpu_count(),
+        "leader_id": cluster.endpoints.leader_id, "leader_url": cluster.endpoints.leader, "wall_s": wall_s,
+        "cpus": os.cpu_count(),
     }
 
 

@@ -29,6 +29,13 @@ p50/p99, and per round the ratio of this tree to the before side and to each yar
 Six local processes by default (a fresh cluster in a temporary directory for every quorum);
 --compose drives the Docker Compose cluster instead, recreating its leader per quorum.
 Tables go to stdout, progress to stderr, CSV files to --output.
+
+The leader is found with ``node.client`` before every run (``Client(all six).leader()``), not
+assumed to be the first port: after a promotion on Compose another node leads, and its CPU is
+the leader's column. Nodes of a revision whose /health names no leader (``--before`` an old
+one) leave the client without an answer; after a short bound (LEADER_WAIT_S) the first node is
+taken, as before. The load itself goes through ``analysis.loadclient`` (keep-alive, httptools,
+no retries) so that the benchmark measures the store, not the client.
 """
 
 from __future__ import annotations
@@ -56,7 +63,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from analysis import FOLLOWER_COUNT, NODE_NAMES, add_seeded_workload, check_workload
-from analysis.cluster import Cluster, ComposeCluster, LocalCluster, make_endpoints, node_settings, run_cli
+from analysis.cluster import (
+    Cluster,
+    ComposeCluster,
+    Endpoints,
+    LocalCluster,
+    NoLeader,
+    find_leader,
+    make_endpoints,
+    node_settings,
+    run_cli,
+)
 from analysis.etcdref import etcd_binary, etcd_cluster, etcd_version, put_body
 from analysis.loadclient import LoadConnection, RequestFailed
 from analysis.redisref import DURABILITY, RespConnection, redis_cluster, redis_server
@@ -65,6 +82,9 @@ from analysis.workload import PlannedWrite, follower_names, kth_smallest, plan_w
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench")
 JSON_HEADERS = {"Content-Type": "application/json"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# How long node.client may look for a leader before the first node is taken: a revision before
+# the terms may name none; the current nodes name one in the first /health round.
+LEADER_WAIT_S = 3.0
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -236,7 +256,7 @@ def quorum_cluster(args: argparse.Namespace, quorum: int, delays: tuple[int, int
     if args.compose:
         endpoints = make_endpoints(args.base_url, args.base_port)
         cluster = ComposeCluster(endpoints, *delays, args.seed, args.project_name)
-        cluster.configure(quorum)
+        cluster.configure(quorum)  # recreates the node node.client finds leading
         yield cluster, compose_pids(cluster)
         settle(cluster.endpoints.leader)
         return
@@ -244,11 +264,24 @@ def quorum_cluster(args: argparse.Namespace, quorum: int, delays: tuple[int, int
     local = LocalCluster(data_dir, args.base_port, *delays, args.seed, args.node_log_level)
     try:
         local.configure(quorum)
+        local.endpoints = locate_leader(local.endpoints)
         yield local, local_pids([proc.pid for proc in local.procs])
         settle(local.endpoints.leader)
     finally:
         local.close()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def locate_leader(endpoints: Endpoints, wait: float = LEADER_WAIT_S) -> Endpoints:
+    """The nodes led by the one ``node.client`` finds leading (``Client(...).leader()``); the
+    configured first node when the client finds none within ``wait`` or cannot tell which of
+    the nodes it is (/health of a revision before the terms lacks the fields)."""
+    try:
+        return asyncio.run(find_leader(endpoints, timeout=wait))
+    except NoLeader as exc:
+        first = next(iter(endpoints.by_name))
+        progress(f"note: {exc}; taking the first node, {first} at {endpoints.by_name[first]}, as the leader")
+        return endpoints.led_by(first)
 
 
 def get_status(url: str) -> dict:
@@ -285,7 +318,7 @@ def leader_address(cluster: Cluster, args: argparse.Namespace) -> tuple[str, int
     project's network, unless --published-port, because the published port on 127.0.0.1 is
     served by Docker's userland proxy, which would be measured along with the store."""
     if isinstance(cluster, ComposeCluster) and not args.published_port:
-        container = cluster.compose.container("leader")
+        container = cluster.compose.container(cluster.endpoints.leader_id)  # the service is the node id
         address = subprocess.run(
             ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
             capture_output=True, text=True, check=True).stdout.split()
@@ -456,20 +489,21 @@ def replication_counts(leader_url: str) -> tuple[int, int]:
 
 
 def throughput_row(quorum: int, clients: int, loop: Loop, cpu: dict[str, float], fsync: str | None,
-                   batching: tuple[int, int]) -> dict:
+                   batching: tuple[int, int], leader: str = "leader") -> dict:
+    """One loop's row; ``leader`` names the node (a key of ``cpu``) whose CPU is the leader's."""
     window = loop.window_end - loop.window_start
     ok = len(loop.latencies_ms)
-    followers = sum(cpu[name] for name in NODE_NAMES[1:])
+    followers = sum(cpu[name] for name in NODE_NAMES if name != leader)
     return {
         "quorum": quorum, "concurrency": clients, "window_s": window, "writes_ok": ok, "errors": loop.errors,
         "writes_per_s": ok / window if window > 0 else math.nan,
         "latency_mean_ms": mean(loop.latencies_ms), "latency_p50_ms": percentile(loop.latencies_ms, 50),
         "latency_p99_ms": percentile(loop.latencies_ms, 99),
-        "leader_cpu_us_per_write": per_write_us(cpu["leader"], ok),
+        "leader_cpu_us_per_write": per_write_us(cpu[leader], ok),
         "followers_cpu_us_per_write": per_write_us(followers, ok),
         "follower_cpu_us_per_write_mean": per_write_us(followers / FOLLOWER_COUNT, ok),
         "client_cpu_us_per_write": per_write_us(cpu["client"], ok),
-        "leader_cpu_pct": cpu["leader"] / window * 100 if window > 0 else math.nan,
+        "leader_cpu_pct": cpu[leader] / window * 100 if window > 0 else math.nan,
         "client_cpu_pct": cpu["client"] / window * 100 if window > 0 else math.nan,
         "entries_per_request": batching[1] / batching[0] if batching[0] else math.nan,
         "fsync": fsync,
@@ -484,20 +518,21 @@ def measure_throughput(args: argparse.Namespace, quorum: int, workdir: str) -> l
         fsync = leader_status(cluster.endpoints.leader, quorum, delays).get("fsync")
         writes = HttpWrites(*leader_address(cluster, args), args.timeout)
         lone = args.single and quorum == max(args.quorums) and 1 not in args.clients
-        rows = [store_loop(args, writes, cluster.endpoints.leader, quorum, clients, pids, fsync)
+        rows = [store_loop(args, writes, cluster.endpoints, quorum, clients, pids, fsync)
                 for clients in args.clients]
         if lone:
-            rows.append(dict(store_loop(args, writes, cluster.endpoints.leader, quorum, 1, pids, fsync), single=True))
+            rows.append(dict(store_loop(args, writes, cluster.endpoints, quorum, 1, pids, fsync), single=True))
         return rows
 
 
-def store_loop(args: argparse.Namespace, writes: HttpWrites, leader_url: str, quorum: int, clients: int,
+def store_loop(args: argparse.Namespace, writes: HttpWrites, endpoints: Endpoints, quorum: int, clients: int,
                pids: dict[str, int], fsync: str | None) -> dict:
     """One closed loop against the store, with the batching the leader's /status counted meanwhile."""
-    before = replication_counts(leader_url)
+    before = replication_counts(endpoints.leader)
     loop, cpu = run(closed_loop(writes, args, clients, pids))
-    after = replication_counts(leader_url)
-    row = throughput_row(quorum, clients, loop, cpu, fsync, (after[0] - before[0], after[1] - before[1]))
+    after = replication_counts(endpoints.leader)
+    row = throughput_row(quorum, clients, loop, cpu, fsync, (after[0] - before[0], after[1] - before[1]),
+                         endpoints.leader_id)
     report_loop(row, loop)
     return row
 
@@ -606,12 +641,12 @@ TREE_STOP_TIMEOUT_S = 25.0  # node.cluster gives each node 10 s before it kills 
 @dataclass
 class Target:
     """One system ready for load: how to write to it, whose CPU a write costs, what it promises,
-    and for the store the leader whose /status counts the batching."""
+    and for the store its nodes and the leader whose /status counts the batching."""
 
     writes: Writes
     pids: dict[str, int]
     durability: str | None
-    leader_url: str | None = None
+    endpoints: Endpoints | None = None
 
 
 def resolve_revision(rev: str) -> str:
@@ -662,12 +697,13 @@ def tree_cluster(args: argparse.Namespace, root: str, quorum: int, workdir: str)
     settings = dict(LOG_LEVEL=args.node_log_level, **node_settings(quorum, 0, 0, args.seed))
     argv = [sys.executable, "-m", "node.cluster", "--data-dir", data_dir, "--base-port", str(args.base_port)]
     proc = subprocess.Popen(argv, cwd=root, env=tree_env(root, settings), stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{args.base_port}"
     try:
         pids = wait_tree_cluster(proc, root, args.base_port)
-        fsync = leader_status(url, quorum, (0, 0)).get("fsync")
-        yield Target(HttpWrites("127.0.0.1", args.base_port, args.timeout), pids, fsync, url)
-        settle(url)
+        endpoints = locate_leader(make_endpoints("http://127.0.0.1", args.base_port))
+        fsync = leader_status(endpoints.leader, quorum, (0, 0)).get("fsync")
+        leader = urlsplit(endpoints.leader)
+        yield Target(HttpWrites(leader.hostname, leader.port, args.timeout), pids, fsync, endpoints)
+        settle(endpoints.leader)
     finally:
         stop_tree_cluster(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -747,8 +783,8 @@ def measure_alternating(args: argparse.Namespace, systems: list[tuple[str, Calla
 
 def target_loop(args: argparse.Namespace, target: Target, name: str, clients: int) -> dict:
     quorum = args.quorums[0]
-    if target.leader_url is not None:
-        return store_loop(args, target.writes, target.leader_url, quorum, clients, target.pids, target.durability)
+    if target.endpoints is not None:
+        return store_loop(args, target.writes, target.endpoints, quorum, clients, target.pids, target.durability)
     return yardstick_loop(args, target.writes, quorum, clients, target.pids, target.durability, name)
 
 

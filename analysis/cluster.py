@@ -1,46 +1,102 @@
 """Control of the cluster under study (local processes or Docker Compose) and HTTP helpers.
 
 Both cluster kinds offer the same three operations, so the study does not care which it runs
-against: ``configure(k)`` restarts the leader with ``WRITE_QUORUM=k`` (and the delay range),
-``log_paths(workdir)`` returns a readable copy or location of each node's replication log, and
-``close()`` leaves things as they should be after the study.
+against: ``configure(k)`` restarts the node that leads with ``WRITE_QUORUM=k`` (and the delay
+range), ``log_paths(workdir)`` returns a readable copy or location of each node's replication
+log, and ``close()`` leaves things as they should be after the study. Which node leads is not
+assumed: ``find_leader`` asks ``node.client`` (after a promotion it is not ``leader``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
 
 from analysis import FOLLOWER_COUNT, NODE_NAMES
+from node.client import Client, ClientError, Leader
+from node.client_transport import normalize_address
 
 LOG_FILE_NAME = "replication.log"
+LEADER_TIMEOUT_S = 10.0  # the nodes answer /health once started; a leader is named at once
+
+
+class NoLeader(RuntimeError):
+    """``node.client`` found no leader among the nodes, or one that is none of them."""
 
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Base URLs of the leader and the followers, in follower order (follower1 first)."""
+    """Base URL of every node by node id (``leader``, ``follower1``.. ``5``: the Compose service
+    names), and the id of the node that leads; the others are its followers, in that order.
 
-    leader: str
-    followers: tuple[str, ...]
+        ep = make_endpoints("http://127.0.0.1", 8000).led_by("follower2")
+        ep.leader, ep.follower_ids     # "http://127.0.0.1:8002", ("leader", "follower1", "follower3", ...)
+    """
+
+    by_name: dict[str, str]
+    leader_id: str = "leader"
 
     @property
-    def by_name(self) -> dict[str, str]:
-        return dict(zip(NODE_NAMES, (self.leader,) + self.followers))
+    def leader(self) -> str:
+        return self.by_name[self.leader_id]
+
+    @property
+    def follower_ids(self) -> tuple[str, ...]:
+        return tuple(name for name in self.by_name if name != self.leader_id)
+
+    @property
+    def followers(self) -> tuple[str, ...]:
+        return tuple(self.by_name[name] for name in self.follower_ids)
+
+    def led_by(self, leader_id: str) -> Endpoints:
+        if leader_id not in self.by_name:
+            raise RuntimeError(f"{leader_id!r} is not one of the nodes {', '.join(self.by_name)}")
+        return replace(self, leader_id=leader_id)
 
 
 def make_endpoints(base_url: str, base_port: int, followers: int = FOLLOWER_COUNT) -> Endpoints:
-    """The layout both clusters share: leader on ``base_port``, follower i on ``base_port + i``."""
+    """The layout both clusters share: ``leader`` on ``base_port``, follower i on ``base_port + i``."""
     base = base_url.rstrip("/")
-    return Endpoints(f"{base}:{base_port}", tuple(f"{base}:{base_port + i}" for i in range(1, followers + 1)))
+    return Endpoints({name: f"{base}:{base_port + i}" for i, name in enumerate(NODE_NAMES[:followers + 1])})
+
+
+async def find_leader(endpoints: Endpoints, client: Client | None = None,
+                      timeout: float = LEADER_TIMEOUT_S) -> Endpoints:
+    """The same nodes, led by the node ``node.client`` finds leading now (``Client.leader()``,
+    asked of every node). Pass the client that will send the writes, so that it starts with
+    the leader known; NoLeader if none is found within ``timeout`` or the one found is none of
+    these nodes."""
+    own = client is None
+    client = client or Client(list(endpoints.by_name.values()), timeout=timeout)
+    try:
+        found = await client.leader(timeout=timeout)
+    except ClientError as exc:
+        raise NoLeader(f"{exc} within {timeout:g} s") from None
+    finally:
+        if own:
+            client.close()
+    return endpoints.led_by(leader_name(endpoints, found))
+
+
+def leader_name(endpoints: Endpoints, found: Leader) -> str:
+    """The node id of the leader ``node.client`` found: its own node_id, else the node at its address."""
+    if found.node_id in endpoints.by_name:
+        return found.node_id
+    for name, url in endpoints.by_name.items():
+        if normalize_address(url) == found.address:
+            return name
+    raise NoLeader(f"node.client found the leader {found.node_id or '(no node_id)'} at {found.address}, "
+                       f"which is none of the nodes {', '.join(f'{n} {u}' for n, u in endpoints.by_name.items())}")
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -164,9 +220,10 @@ def _port(url: str) -> int:
 class ComposeCluster:
     """The Docker Compose cluster (``node.compose``): services ``leader``, ``follower1``..``5``.
 
-    The quorum and delays reach the leader through the compose environment; only the leader is
-    recreated, followers keep running and keep their data. The study checks the leader's
-    /status afterwards and stops if the settings did not arrive.
+    The quorum and delays reach the node that leads through the compose environment; only that
+    node is recreated (its node id is its service name: after a promotion it is not the
+    ``leader`` service), the others keep running and keep their data. The study checks the
+    leader's /status afterwards and stops if the settings did not arrive.
     """
 
     def __init__(self, endpoints: Endpoints, min_delay: int, max_delay: int, seed: int,
@@ -181,9 +238,10 @@ class ComposeCluster:
         self.description = f"Docker Compose ({' '.join(self.compose.command)}, project {project or 'default'})"
 
     def configure(self, quorum: int) -> None:
-        followers = list(self.endpoints.by_name)[1:]
-        self.compose.up(*followers)
-        self.compose.up("leader", env=node_settings(quorum, self.min_delay, self.max_delay, self.seed), recreate=True)
+        self.compose.up(*self.endpoints.by_name)  # starts only what is not running
+        self.endpoints = asyncio.run(find_leader(self.endpoints))
+        self.compose.up(self.endpoints.leader_id, env=node_settings(quorum, self.min_delay, self.max_delay, self.seed),
+                        recreate=True)
 
     def log_paths(self, workdir: str) -> dict[str, str]:
         """Logs live in named volumes: copy each one out of its container."""

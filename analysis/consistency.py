@@ -40,6 +40,8 @@ def apply_op(state: dict[str, Any], op: str, key: str | None, value: Any) -> Non
         state.pop(key, None)
     elif op == "clear":
         state.clear()
+    elif op == "noop":  # a new leader's term-start entry: changes no key
+        return
     else:
         raise ValueError(f"unknown op {op!r}")
 
@@ -108,7 +110,7 @@ def predicted_converge(writes: list[dict], follower: str, last_s: float) -> floa
 
 
 async def snapshot(client: AsyncHTTPClient, endpoints: Endpoints) -> dict[str, dict]:
-    """``/all`` and ``/status`` of all six nodes, fetched at once to keep the picture tight."""
+    """``/all`` and ``/status`` of all six nodes by node id, fetched at once to keep the picture tight."""
     names = list(endpoints.by_name)
     urls = [endpoints.by_name[n] for n in names]
     alls = asyncio.gather(*(get_json(client, f"{u}/all") for u in urls))
@@ -131,7 +133,7 @@ async def wait_converged(client: AsyncHTTPClient, endpoints: Endpoints, leader_a
     that matched; 0 for a follower that already matched at the snapshot; None on timeout.
     The resolution is the poll interval.
     """
-    followers = dict(zip(list(endpoints.by_name)[1:], endpoints.followers))
+    followers = dict(zip(endpoints.follower_ids, endpoints.followers))
     result: dict[str, float | None] = {name: 0.0 for name in followers if already.get(name)}
     deadline = time.perf_counter() + timeout
     while len(result) < len(followers) and time.perf_counter() < deadline:
@@ -147,20 +149,20 @@ async def wait_converged(client: AsyncHTTPClient, endpoints: Endpoints, leader_a
 
 
 def snapshot_rows(quorum: int, snap: dict[str, dict], writes: list[dict], clear_seq: int,
-                  snap_s: float, last_s: float) -> list[dict]:
-    """One consistency.csv row per follower, describing it at the snapshot."""
-    leader_all = snap["leader"]["all"]
+                  snap_s: float, last_s: float, leader: str = "leader") -> list[dict]:
+    """One consistency.csv row per follower of ``leader`` (a node id), describing it at the snapshot."""
+    leader_all = snap[leader]["all"]
     entries = study_entries(writes, clear_seq)
     rows = []
     for name, node in snap.items():
-        if name == "leader":
+        if name == leader:
             continue
         data, status = node["all"], node["status"]
         applied = int(data["applied_seq"])
         rows.append({
             "quorum": quorum,
             "follower": name,
-            "leader_last_seq": int(snap["leader"]["status"]["last_seq"]),
+            "leader_last_seq": int(snap[leader]["status"]["last_seq"]),
             "applied_seq": applied,
             "entries_behind": int(leader_all["applied_seq"]) - applied,
             "received_seq": status.get("received_seq"),

@@ -4,6 +4,10 @@ Every write is recorded with what the leader drew for it (one simulated delay pe
 because a write's latency is explained by those draws: it cannot return before the k-th
 fastest follower's delay has passed, so ``latency - kth_smallest(delays)`` is the cost of
 everything that is not simulated delay (HTTP, JSON, fsync, the event loops).
+
+The writes (and the clear before them) go through ``node.client``: the client sends each to the
+node that leads and follows a 421 that names another, so the study writes to whichever node
+leads. Its own cost is microseconds per write, against the milliseconds measured.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
 
-from analysis.cluster import Endpoints, get_json, request_json
+from analysis import NODE_NAMES
+from analysis.cluster import Endpoints, get_json
+from node.client import Client
+
+NO_ANSWER = 599  # the ``status`` of a write that got no HTTP answer (as Tornado's clients say)
 
 
 @dataclass(frozen=True)
@@ -58,15 +66,15 @@ def plan_writes(count: int, keys: int, quorum: int, seed: int) -> list[PlannedWr
     return [PlannedWrite(i, rng.choice(names), f"q{quorum}-w{i:04d}") for i in range(count)]
 
 
-async def write_one(client: AsyncHTTPClient, leader: str, planned: PlannedWrite, quorum: int,
-                    t0: float, names: dict[str, str]) -> dict[str, Any]:
+async def write_one(client: Client, planned: PlannedWrite, quorum: int, t0: float,
+                    names: dict[str, str]) -> dict[str, Any]:
     """Send one write and turn the answer into one row of writes.csv."""
     started_unix = time.time()
     start = time.perf_counter()
-    status, answer = await request_json(client, f"{leader}/write", "POST",
-                                        {"key": planned.key, "value": planned.value})
+    result = await client.write(planned.key, planned.value)
     end = time.perf_counter()
-    answer = answer if isinstance(answer, dict) else {}
+    status = NO_ANSWER if result.code is None else result.code
+    answer = result.answer or {}
     drawn = (answer.get("debug") or {}).get("replication_delays_ms") or {}
     delays = {names.get(address, address): float(ms) for address, ms in drawn.items()}
     latency_ms = (end - start) * 1000
@@ -77,7 +85,7 @@ async def write_one(client: AsyncHTTPClient, leader: str, planned: PlannedWrite,
         "key": planned.key,
         "value": planned.value,
         "status": status,
-        "success": status == 200 and answer.get("success") is True,
+        "success": result.status == "ok" and answer.get("success") is True,
         "seq": answer.get("seq"),
         "start_unix": started_unix,
         "start_s": start - t0,
@@ -87,12 +95,12 @@ async def write_one(client: AsyncHTTPClient, leader: str, planned: PlannedWrite,
         "delays_ms": json.dumps(delays, sort_keys=True),
         "kth_delay_ms": kth,
         "overhead_ms": latency_ms - kth,
-        "error": None if status == 200 else answer.get("error"),
+        "error": None if status == 200 else result.error,
     }
 
 
-async def run_writes(client: AsyncHTTPClient, leader: str, plan: list[PlannedWrite], quorum: int,
-                     concurrency: int, names: dict[str, str],
+async def run_writes(client: Client, plan: list[PlannedWrite], quorum: int, concurrency: int,
+                     names: dict[str, str],
                      on_done: Callable[[], None] = lambda: None) -> tuple[list[dict], float]:
     """Send the planned writes with exactly ``concurrency`` in flight (fewer only at the tail).
 
@@ -104,7 +112,7 @@ async def run_writes(client: AsyncHTTPClient, leader: str, plan: list[PlannedWri
 
     async def worker() -> None:
         while queue:
-            rows.append(await write_one(client, leader, queue.pop(), quorum, t0, names))
+            rows.append(await write_one(client, queue.pop(), quorum, t0, names))
             on_done()
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(plan)))))
@@ -112,32 +120,43 @@ async def run_writes(client: AsyncHTTPClient, leader: str, plan: list[PlannedWri
     return rows, t0
 
 
-def follower_names(leader_status: dict) -> dict[str, str]:
-    """Follower address (as the leader knows it) -> follower1..N, in PEERS order."""
-    return {address: f"follower{i}" for i, address in enumerate(leader_status["followers"], start=1)}
+def follower_names(leader_status: dict, peers: Sequence[str] = NODE_NAMES) -> dict[str, str]:
+    """Follower address (as the leader knows it) -> node id: the id the follower gave in its
+    confirmations, else the id at its place among ``peers`` without the leader (PEERS order)."""
+    followers = leader_status["followers"]
+    others = [name for name in peers if name != leader_status.get("node_id", "leader")]
+    names = {}
+    for i, address in enumerate(followers):
+        progress = followers[address] if isinstance(followers, dict) else None
+        reported = progress.get("node_id") if isinstance(progress, dict) else None
+        names[address] = reported or (others[i] if i < len(others) else f"follower{i + 1}")
+    return names
 
 
-async def reset_store(client: AsyncHTTPClient, endpoints: Endpoints, timeout: float = 30.0,
+async def reset_store(writer: Client, http: AsyncHTTPClient, endpoints: Endpoints, timeout: float = 30.0,
                       interval: float = 0.05) -> int:
-    """Replicated clear, then wait until every follower has applied everything the leader has.
+    """Replicated clear (through ``writer``), then wait until every follower has applied
+    everything the leader has.
 
     Waiting matters: a clear still on its way to a follower would wipe that follower's copy of
     the study's first writes and be mistaken for staleness. Returns the clear's sequence number.
     """
-    status, answer = await request_json(client, f"{endpoints.leader}/clear", "DELETE")
-    if status != 200:
-        raise RuntimeError(f"DELETE /clear answered {status}: {answer}")
-    target = (await get_json(client, f"{endpoints.leader}/status"))["last_seq"]
+    result = await writer.clear(timeout=timeout)
+    if result.status != "ok":
+        raise RuntimeError(f"DELETE /clear ended {result.status} (HTTP {result.code}) at "
+                           f"{result.leader or 'no leader'}: {result.error}")
+    target = (await get_json(http, f"{endpoints.leader}/status"))["last_seq"]
     deadline = time.monotonic() + timeout
     while True:
-        statuses = await asyncio.gather(*(get_json(client, f"{url}/status") for url in endpoints.followers))
+        statuses = await asyncio.gather(*(get_json(http, f"{url}/status") for url in endpoints.followers))
         applied = [s["applied_seq"] for s in statuses]
         if all(seq == target for seq in applied):
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"followers did not reach seq {target} within {timeout:.0f} s: {applied}")
+            raise RuntimeError(f"followers {', '.join(endpoints.follower_ids)} did not reach seq {target} "
+                               f"within {timeout:.0f} s: {applied}")
         await asyncio.sleep(interval)
-    leader_all = await get_json(client, f"{endpoints.leader}/all")
+    leader_all = await get_json(http, f"{endpoints.leader}/all")
     if leader_all["count"] != 0:
-        raise RuntimeError(f"leader still holds {leader_all['count']} keys after the clear")
-    return int(answer["seq"])
+        raise RuntimeError(f"leader {endpoints.leader_id} still holds {leader_all['count']} keys after the clear")
+    return int(result.seq)

@@ -55,6 +55,9 @@ class WriteResult:
     latency: float = 0.0
     code: int | None = None  # HTTP status of the deciding answer; None without one
     attempts: int = 0
+    # The deciding answer's JSON body (``seq``, ``confirmations``, ``quorum``,
+    # ``debug.replication_delays_ms``, or ``error``); None without an answer.
+    answer: dict | None = None
 
 
 @dataclass
@@ -141,7 +144,8 @@ class Client:
                 redirected = True  # the first redirect goes at once; a ping-pong backs off
                 continue
             if not await backoff.sleep(deadline):
-                return WriteResult("fail", code=code, error=why, latency=time.monotonic() - started, attempts=attempts)
+                return WriteResult("fail", code=code, error=why, latency=time.monotonic() - started, attempts=attempts,
+                                   answer=answer)
 
     def _decided(self, verdict: str, code: int, answer: dict, leader: Leader, started: float,
                  attempts: int) -> WriteResult:
@@ -152,7 +156,7 @@ class Client:
             self._leader = leader._replace(term=term)
         return WriteResult(verdict, seq=answer.get("seq"), term=term, leader=leader.address,
                            error=None if verdict == "ok" else answer.get("error", f"HTTP {code}"),
-                           latency=time.monotonic() - started, code=code, attempts=attempts)
+                           latency=time.monotonic() - started, code=code, attempts=attempts, answer=answer)
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -12,26 +13,32 @@ import pytest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
+from tqdm import tqdm
 
 from analysis import consistency as cons
 from analysis import report
-from analysis.__main__ import main, parse_args
+from analysis.__main__ import add_log_comparison, main, measure_quorum, parse_args
 from analysis.cluster import (
     ComposeCluster,
-    make_client,
+    Endpoints,
+    NoLeader,
+    leader_name,
     make_endpoints,
     node_settings,
 )
 from analysis.workload import (
     PlannedWrite,
     expected_kth,
+    follower_names,
     kth_smallest,
     plan_writes,
     run_writes,
     std_kth,
 )
+from node.client import Client, Leader
 from node.log import HEADER, LOG_FILE_NAME, Entry, encode_record
 from tests.net import free_port_block
+from tests.test_failover import promote, wait_for
 
 # --- order statistics -------------------------------------------------------------------------
 
@@ -156,6 +163,7 @@ class GatedLeader:
             async def post(self):
                 body = json.loads(self.request.body)
                 fake.started += 1
+                seq = fake.started
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 if fake.in_flight == fake.limit or fake.started == fake.total:
@@ -165,25 +173,29 @@ class GatedLeader:
                 fake.in_flight -= 1
                 if fake.in_flight == 0:
                     fake.gate = asyncio.Event()
-                self.finish({"success": True, "seq": fake.started, "confirmations": 2, "key": body["key"],
+                self.finish({"success": True, "seq": seq, "confirmations": 2, "key": body["key"],
                              "debug": {"replication_delays_ms": {"10.0.0.1:1": 30.0, "10.0.0.2:1": 10.0,
                                                                  "10.0.0.3:1": 20.0}}})
 
         return Write
 
 
+class LeaderHealth(RequestHandler):
+    def get(self):
+        self.finish({"status": "ok", "role": "leader", "node_id": "leader", "term": 1})
+
+
 def test_writes_keep_exactly_concurrency_in_flight_and_record_the_draws():
     async def scenario():
         fake = GatedLeader(total=13, limit=4)
         sock, port = bind_unused_port()
-        server = HTTPServer(Application([(r"/write", fake.handler())]))
+        server = HTTPServer(Application([(r"/write", fake.handler()), (r"/health", LeaderHealth)]))
         server.add_sockets([sock])
-        client = make_client(20)
+        client = Client([f"127.0.0.1:{port}"], max_clients=20)
         plan = [PlannedWrite(i, f"key-{i % 3:02d}", f"v{i}") for i in range(13)]
         names = {"10.0.0.1:1": "follower1", "10.0.0.2:1": "follower2", "10.0.0.3:1": "follower3"}
         try:
-            rows, _ = await asyncio.wait_for(
-                run_writes(client, f"http://127.0.0.1:{port}", plan, 2, 4, names), timeout=30)
+            rows, _ = await asyncio.wait_for(run_writes(client, plan, 2, 4, names), timeout=30)
         finally:
             client.close()
             server.stop()
@@ -197,6 +209,90 @@ def test_writes_keep_exactly_concurrency_in_flight_and_record_the_draws():
     assert row["kth_delay_ms"] == 20.0
     assert row["overhead_ms"] == pytest.approx(row["latency_ms"] - 20.0)
     assert all(r["success"] and r["status"] == 200 for r in rows)
+    assert sorted(r["seq"] for r in rows) == list(range(1, 14))  # from the answer node.client kept
+    assert all(r["confirmations"] == 2 and r["error"] is None for r in rows)
+
+
+# --- the leader, wherever it is ---------------------------------------------------------------
+
+
+def test_endpoints_follow_the_leader_they_are_given():
+    ep = make_endpoints("http://127.0.0.1", 9000)
+    assert (ep.leader_id, ep.leader, ep.followers[0]) == ("leader", "http://127.0.0.1:9000", "http://127.0.0.1:9001")
+    moved = ep.led_by("follower2")
+    assert moved.leader == "http://127.0.0.1:9002"
+    assert moved.follower_ids == ("leader", "follower1", "follower3", "follower4", "follower5")
+    assert moved.followers[0] == "http://127.0.0.1:9000"
+    # node.client names the leader by node_id, else by the address it reached it at.
+    assert leader_name(ep, Leader("follower3", "127.0.0.1:9003", 2)) == "follower3"
+    assert leader_name(ep, Leader(None, "127.0.0.1:9004", None)) == "follower4"
+    with pytest.raises(NoLeader, match="none of the nodes"):
+        leader_name(ep, Leader("other", "10.0.0.9:8000", 2))
+    with pytest.raises(RuntimeError, match="'follower9' is not one of the nodes"):
+        ep.led_by("follower9")
+
+
+def test_follower_names_come_from_the_leaders_status():
+    # follower2 leads: its followers are the others in PEERS order; a follower that has
+    # answered gives its own id.
+    status = {"node_id": "follower2", "followers": {"a:1": {"node_id": None}, "b:1": {"node_id": "follower1"},
+                                                    "c:1": {}, "d:1": {}, "e:1": {}}}
+    assert follower_names(status) == {"a:1": "leader", "b:1": "follower1", "c:1": "follower3",
+                                      "d:1": "follower4", "e:1": "follower5"}
+    assert follower_names({"node_id": "leader", "followers": {"x:1": {}}}) == {"x:1": "follower1"}
+
+
+class InProcessStudyCluster:
+    """The study's view of an in-process cluster: node URLs by id, logs in place, nothing to restart."""
+
+    description = "in-process"
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.endpoints = Endpoints({name: f"http://{cluster.address(name)}" for name in cluster.ports})
+
+    def configure(self, quorum: int) -> None:
+        pass
+
+    def log_paths(self, workdir: str) -> dict[str, str]:
+        return {name: str(self.cluster.tmp_path / name / LOG_FILE_NAME) for name in self.cluster.ports}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_study_measures_the_node_that_leads_after_a_promotion(make_cluster, tmp_path):
+    async with make_cluster(WRITE_QUORUM="2", MAX_DELAY="20") as cluster:
+        await cluster.write("before", 1)
+        await cluster.stop("leader")
+        status, answer = await promote(cluster, "follower2")
+        assert status == 200, answer
+        await cluster.start("leader")  # back as a follower of term 2
+
+        async def leader_follows():
+            return (await cluster.request("leader", "GET", "/health"))[1]["leader_id"] == "follower2"
+
+        await wait_for(leader_follows, what="the old leader follows follower2")
+        study = InProcessStudyCluster(cluster)
+        args = argparse.Namespace(writes=12, keys=3, concurrency=4, seed=1, min_delay=0, max_delay=20,
+                                  converge_timeout=20.0, poll_interval=0.02)
+        writes, rows, facts = await measure_quorum(study, args, 2, tqdm(disable=True))
+
+    assert facts["leader_id"] == "follower2" and study.endpoints.leader_id == "follower2"
+    assert study.endpoints.leader == f"http://{cluster.address('follower2')}"
+    assert len(writes) == 12 and all(w["success"] and w["status"] == 200 for w in writes)
+    assert len({w["seq"] for w in writes}) == 12 and all(w["seq"] > facts["clear_seq"] for w in writes)
+    assert all(w["confirmations"] >= 2 for w in writes)
+    others = ["leader", "follower1", "follower3", "follower4", "follower5"]
+    for w in writes:
+        delays = json.loads(w["delays_ms"])
+        assert sorted(delays) == sorted(others) and all(0 <= d <= 20 for d in delays.values())
+        assert w["kth_delay_ms"] == kth_smallest(delays.values(), 2)
+    assert [r["follower"] for r in rows] == others
+    assert all(r["converged"] and r["prefix_consistent"] for r in rows)
+    add_log_comparison(study, rows, facts, str(tmp_path / "logs"))
+    assert facts["logs_equal"] and all(r["logs_equal"] for r in rows)
 
 
 # --- cluster control and CLI ------------------------------------------------------------------

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import shutil
+import time
 import types
 
 import pytest
@@ -18,11 +19,13 @@ from tornado.web import Application, RequestHandler
 
 from analysis import bench
 from analysis.bench import EtcdWrites, RedisWrites, alternating_summary, main, parse_args, percentile
+from analysis.cluster import Endpoints
 from analysis.etcdref import EtcdMissing, etcd_cluster
 from analysis.loadclient import LoadConnection
 from analysis.noop_server import ANSWER
 from analysis.redisref import RedisMissing, RespConnection
 from tests.net import free_port_block
+from tests.test_failover import promote
 
 ETCD_MISSING = "etcd not on PATH (apt-get install etcd-server); the Makefile and CI do not install it"
 
@@ -275,3 +278,60 @@ def test_before_head_runs_both_sides_in_one_pair(tmp_path):
     for row in rows:
         assert float(row["writes_per_s"]) > 0 and int(row["errors"]) == 0, row
         assert all(float(row[column]) > 0 for column in CPU_COLUMNS), row
+
+
+# --- finding the leader before a run ----------------------------------------------------------
+
+
+def health_app(answer: dict) -> Application:
+    class Health(RequestHandler):
+        def get(self) -> None:
+            self.write(answer)
+
+    return Application([("/health", Health)])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_leader_found_by_the_client_else_the_first_node_after_a_short_bound():
+    """Nodes of an old revision: /health without term or leader_address (the oldest without a
+    role either). locate_leader runs its own event loop, so it runs in a thread here."""
+    answers = {"none": [{"status": "ok"}, {"status": "ok"}],
+               "role only": [{"status": "ok", "role": "follower", "node_id": "leader"},
+                             {"status": "ok", "role": "leader", "node_id": "follower1"}]}
+    loop = asyncio.get_running_loop()
+    found = {}
+    for case, bodies in answers.items():
+        servers, urls = [], {}
+        for name, body in zip(("leader", "follower1"), bodies):
+            sock, port = bind_unused_port()
+            server = HTTPServer(health_app(body))
+            server.add_sockets([sock])
+            servers.append(server)
+            urls[name] = f"http://127.0.0.1:{port}"
+        try:
+            started = time.monotonic()
+            endpoints = await loop.run_in_executor(None, bench.locate_leader, Endpoints(urls), 0.5)
+            found[case] = (endpoints.leader_id, endpoints.leader == urls[endpoints.leader_id],
+                           time.monotonic() - started < 5)
+        finally:
+            for server in servers:
+                server.stop()
+    assert found == {"none": ("leader", True, True), "role only": ("follower1", True, True)}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_leader_found_after_a_promotion_and_its_cpu_is_the_leaders(make_cluster):
+    async with make_cluster(MAX_DELAY="5") as cluster:
+        await cluster.write("a", 1)
+        await cluster.stop("leader")
+        assert (await promote(cluster, "follower2"))[0] == 200
+        await cluster.start("leader")
+        endpoints = Endpoints({name: f"http://{cluster.address(name)}" for name in cluster.ports})
+        located = await asyncio.get_running_loop().run_in_executor(None, bench.locate_leader, endpoints, 5.0)
+    assert located.leader_id == "follower2" and located.leader == endpoints.by_name["follower2"]
+
+    loop = bench.Loop(100, 10, window_start=0.0, window_end=1.0, latencies_ms=[1.0] * 10)
+    cpu = {name: 0.01 for name in bench.NODE_NAMES} | {"follower2": 0.05, "client": 0.02}
+    row = bench.throughput_row(3, 2, loop, cpu, "batch", (0, 0), located.leader_id)
+    assert row["leader_cpu_us_per_write"] == pytest.approx(5000)  # 0.05 s over 10 writes
+    assert row["followers_cpu_us_per_write"] == pytest.approx(5000)  # five followers at 0.01 s

@@ -223,6 +223,7 @@ async def test_a_write_that_may_have_been_applied_is_unknown_and_not_retried(fak
         assert len(leader.write_requests) == 1  # exactly one copy was sent
         if code in (503, 504):
             assert result.seq == 3
+        assert result.answer == (None if code is None else answer[1])  # the body that decided it
     finally:
         client.close()
 
@@ -321,6 +322,8 @@ async def test_client_against_the_real_cluster(make_cluster):
             assert await client.leader() == Leader("leader", cluster.address("leader"), 1)  # a new cluster's first term
             written = await client.write("user:1", {"name": "Ada"})
             assert (written.status, written.seq, written.term, written.leader) == ("ok", 1, 1, cluster.address("leader"))
+            assert written.answer["seq"] == 1 and written.answer["confirmations"] >= written.answer["quorum"]
+            assert len(written.answer["debug"]["replication_delays_ms"]) == 5
             for name in cluster.follower_names:
                 read = await client.read("user:1", node=cluster.address(name), min_seq=written.seq)
                 assert (read.found, read.value, read.seq, read.node) == (True, {"name": "Ada"}, 1, cluster.address(name))
