@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down clean logs ps test unit run analysis bench lint venv promote status
+.PHONY: up down clean logs ps test unit run analysis bench lint venv promote status etcd-server
 
 ## Docker Compose cluster: prepares the base image and wheels when missing, builds, waits healthy.
 up:
@@ -41,8 +41,18 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+## etcd for the coordinator tests (tests/test_etcd.py): installed when missing and we are root
+## (CI is), else one line saying how; those tests then skip, or fail under CI=true. Silent when present.
+etcd-server:
+	@command -v etcd >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "etcd not on PATH: apt-get install etcd-server"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; } || \
+				echo "installing etcd-server failed: the etcd tests will skip (fail under CI=true)" >&2; \
+		else echo "etcd not on PATH: the etcd tests skip; install it with: sudo apt-get install etcd-server" >&2; fi; }
+
 ## The whole suite: unit, in-process, local cluster, Docker end-to-end and fault tests.
-test: $(STAMP)
+test: $(STAMP) etcd-server
 	$(PY) -m pytest
 
 ## Fast tests only (no Docker, no local cluster processes).
