@@ -115,6 +115,7 @@ async def start_node(config: Config, sockets=None) -> tuple[object, HTTPServer]:
         except BaseException:
             await node.close()
             raise
+    await node.check_terms_first()
     # Headroom above every route's own limit, so an oversized body reaches its handler and gets
     # a JSON 413 (the handlers stream and count; nothing is buffered past the route's limit).
     server = HTTPServer(make_app(node), max_body_size=node.limits.server_body_bytes)

@@ -56,8 +56,9 @@ def log_request(leader: str, secret: str, **params) -> HTTPRequest:
                        request_timeout=PULL_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
 
 
-def health_request(address: str) -> HTTPRequest:
-    return HTTPRequest(f"http://{address}/health", request_timeout=SEND_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
+def health_request(address: str, timeout: float = SEND_TIMEOUT_S) -> HTTPRequest:
+    return HTTPRequest(f"http://{address}/health", request_timeout=timeout,
+                       connect_timeout=min(timeout, CONNECT_TIMEOUT_S))
 
 
 def promise_request(address: str, body: bytes, secret: str, timeout: float) -> HTTPRequest:

@@ -70,6 +70,7 @@ class Replica:
         self.coordinator = None  # node.failover.Coordinator, when ETCD_ENDPOINTS is set
         self.role_obj: Leader | Follower = self._make_role(entries)
         self._promoting = False
+        self._started = False
         if isinstance(self.role_obj, Follower) and self.state.history:
             self._roll_back_to(self.state.history, self.state.term)  # if a crash interrupted one
 
@@ -88,8 +89,27 @@ class Replica:
     def leader_address(self) -> str | None:
         return self.config.address_of(self.state.leader_id)
 
+    async def check_terms_first(self, timeout: float = 1.0) -> None:
+        """A node that would lead asks its peers their term before it serves: a deposed leader
+        restarting from its term file steps down at once instead of taking writes it could
+        never get acknowledged (its followers would refuse them)."""
+        if self.role != "leader":
+            return
+        client = peers.make_client()
+        try:
+            answers = await asyncio.gather(*(client.fetch(peers.health_request(address, timeout), raise_error=False)
+                                             for _, address in self.config.others()), return_exceptions=True)
+        finally:
+            client.close()
+        later = [codec.loads(a.body) for a in answers if not isinstance(a, Exception) and a.code == 200]
+        later = [h for h in later if isinstance(h.get("term"), int) and h["term"] > self.state.term]
+        if later:
+            newest = max(later, key=lambda h: h["term"])
+            await self.heard_of_term_async(newest["term"], newest.get("leader_id"))
+
     def start(self) -> None:
         terms.save(self.config.data_dir, self.state)  # the first leader's term 1 is durable before it serves
+        self._started = True
         self.role_obj.start()
         if self.coordinator is not None:
             self.coordinator.start()
@@ -108,7 +128,8 @@ class Replica:
         leader.step_down(reason)
         log.warning("stepped down: %s; this node follows from now on", reason)
         self.role_obj = Follower(self.config, self.limits, self.log, list(leader.core.entries), host=self)
-        self.role_obj.start()
+        if self._started:
+            self.role_obj.start()
 
     # --- terms --------------------------------------------------------------------------
 

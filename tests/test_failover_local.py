@@ -107,7 +107,7 @@ def test_leader_sigkilled_then_a_follower_promoted_loses_no_acknowledged_write(t
                 cluster.restart("leader")
         finally:
             result = load_.join()
-        assert health(cluster, "leader")["role"] == "follower"
+        wait_until(lambda: health(cluster, "leader")["role"] == "follower", 30, "the old leader follows")
         verdict, _ = settle(cluster, f"SIGKILL leader, promote (W={quorum})", result, prefix, "follower3", started)
         assert any(op.status == "ok" and op.term == 2 for op in result.ops), "the new leader acknowledged nothing"
         assert verdict.ok > 0
