@@ -292,10 +292,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restart-delay", type=float, default=1.0, metavar="SECONDS",
                         help="wait this long before starting a node that exited again (default: %(default)g)")
     parser.add_argument("--no-restart", action="store_true", help="only report a node that exits; do not restart it")
+    parser.add_argument("--no-etcd", action="store_true",
+                        help="do not start etcd even when it is installed (failover is then manual)")
     args = parser.parse_args(argv)
     if args.restart_delay < 0:
         parser.error(f"--restart-delay {args.restart_delay:g} is negative; give 0 or more seconds")
     return args
+
+
+def start_coordinator(disabled: bool):
+    """A one-member etcd for automatic failover when etcd is installed (and not disabled);
+    None, with one line saying failover is manual, otherwise."""
+    from node.etcd_local import etcd_binary, start_etcd
+
+    if disabled or etcd_binary() is None:
+        say("failover is manual: " + ("--no-etcd given" if disabled else "no etcd on PATH (apt-get install etcd-server)")
+            + "; promote with python -m node.admin --base-port PORT promote NODE")
+        return None
+    etcd = start_etcd(1)
+    say(f"etcd at {','.join(etcd.endpoints)}: automatic failover (LEADER_TTL {os.environ.get('LEADER_TTL', '3000')} ms)")
+    return etcd
 
 
 def say(line: str) -> None:
@@ -306,10 +322,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = os.path.abspath(args.data_dir)
     policy = Policy(restart=not args.no_restart, restart_delay=args.restart_delay)
-    cluster = LocalCluster(data_dir, args.base_port, policy=policy, report=say)
+    etcd = start_coordinator(args.no_etcd)
+    env = dict(os.environ, ETCD_ENDPOINTS=",".join(etcd.endpoints)) if etcd is not None else None
+    cluster = LocalCluster(data_dir, args.base_port, env=env, policy=policy, report=say)
     try:
         cluster.start()
     except RuntimeError as exc:
+        if etcd is not None:
+            etcd.stop()
         sys.exit(f"cluster not started: {exc}")
     for name in cluster.envs:
         print(f"{name:<10} {cluster.url(name)}  pid {cluster.pid(name)}{'  (writes)' if name == 'leader' else ''}",
@@ -318,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: cluster.request_stop())
     cluster.supervise_in_background().join_supervisor()
-    problem = stop_message(cluster.stop())
+    codes = cluster.stop()
+    if etcd is not None:
+        etcd.stop()
+    problem = stop_message(codes)
     if problem:
         sys.exit(f"cluster stopped; {problem}")
     print("cluster stopped", flush=True)

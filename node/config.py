@@ -201,7 +201,10 @@ def _failover_settings(env: Mapping[str, str]) -> dict:
     if mode == "auto" and not endpoints:
         raise ConfigError("FAILOVER=auto needs ETCD_ENDPOINTS (e.g. http://etcd1:2379,http://etcd2:2379); "
                           "without a coordinator failover is manual")
-    ttl = _int(env, "LEADER_TTL", 3000, 1000, 600_000, " ms")
+    ttl = _int(env, "LEADER_TTL", 3000, 2000, 600_000, " ms (etcd's shortest lease is 2 s)")
+    if ttl % 1000:
+        raise ConfigError(f"LEADER_TTL={ttl} is not a whole number of seconds; etcd leases count in seconds, "
+                          f"e.g. LEADER_TTL=3000")
     return dict(etcd_endpoints=endpoints, failover=mode, leader_ttl_ms=ttl,
                 priority=_int(env, "PRIORITY", 0, 0, 1000, " (higher wins ties in the healthiest check)"),
                 etcd_prefix=_get(env, "ETCD_PREFIX", "/kvstore").rstrip("/") or "/kvstore")

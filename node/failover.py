@@ -86,9 +86,9 @@ class Coordinator:
         try:
             held = await self.etcd.get(self.leader_key)
             self.paused = await self.etcd.get(self.pause_key) is not None
-            self.holder = held.value if held is not None else None
+            self.holder = held.text if held is not None else None
             if not self.reachable:
-                log.info("etcd reachable at %s", self.etcd.endpoint)
+                log.info("etcd reachable at %s", self.etcd.current_endpoint)
             self.reachable = True
         except EtcdError as exc:
             if self.reachable:
@@ -178,7 +178,7 @@ class Coordinator:
         """Grant a lease and create the leader key with it; (Acquired, sent) or (None, sent)."""
         sent = self.clock()
         try:
-            lease_id = await self.etcd.grant(round(self.ttl_s))
+            lease_id = await self.etcd.grant(int(self.ttl_s))
             acquired = await self.etcd.create_leader(self.leader_key, self.node.config.node_id, lease_id,
                                                      self.term_key, known_term)
         except EtcdError as exc:
@@ -189,6 +189,7 @@ class Coordinator:
             return None, sent
         self.lease_id = lease_id
         self.lease.renewed(sent, self.ttl_s)
+        self.holder = self.node.config.node_id
         return acquired, sent
 
     async def _release(self) -> None:
@@ -261,7 +262,7 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return {"mode": self.node.config.failover, "paused": self.paused, "etcd_endpoints": list(self.etcd.endpoints),
-                "etcd_reachable": self.reachable, "etcd_endpoint": self.etcd.endpoint, "leader_key_holder": self.holder,
+                "etcd_reachable": self.reachable, "etcd_endpoint": self.etcd.current_endpoint, "leader_key_holder": self.holder,
                 "lease_ttl_s": self.ttl_s, "lease_remaining_s": round(self.lease.remaining(self.clock()), 2),
                 "last_decision": self.last_decision, "last_failover": self.last_failover}
 
@@ -277,4 +278,5 @@ def _position(holding: dict) -> Position:
     history = check_history(holding["history"])
     beyond = holding.get("beyond") or []
     last = max([int(holding["applied_seq"])] + [int(s) for s in beyond])
-    return Position(holding["node_id"], history[-1][0] if history else 0, last, int(holding.get("priority", 0)))
+    return Position(holding["node_id"], history[-1][0] if history else 0, last, int(holding.get("priority", 0)),
+                    can_race=holding.get("etcd_reachable") is not False)

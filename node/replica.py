@@ -295,6 +295,7 @@ class Replica:
             applied, beyond = self.store.applied_seq, sorted(self.role_obj.core.beyond_applied())
         return {"node_id": self.config.node_id, "role": self.role, "term": self.state.term,
                 "leader_id": self.state.leader_id, "priority": self.config.priority,
+                "etcd_reachable": self.coordinator.reachable if self.coordinator is not None else None,
                 "history": [list(item) for item in self.state.history], "applied_seq": applied, "beyond": beyond}
 
     async def promise(self, term: int | None, candidate: str, dry_run: bool) -> dict:

@@ -68,9 +68,10 @@ def test_cluster_command_prints_addresses_and_stops_on_sigterm(tmp_path):
         env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
-        lines = [proc.stdout.readline() for _ in range(7)]
-        assert f"http://127.0.0.1:{base}" in lines[0] and "leader" in lines[0]
-        assert f"http://127.0.0.1:{base + 5}" in lines[5]
+        lines = [proc.stdout.readline() for _ in range(8)]
+        assert lines[0].startswith("cluster: ") and "failover" in lines[0]  # automatic (etcd found) or manual
+        assert f"http://127.0.0.1:{base}" in lines[1] and "leader" in lines[1]
+        assert f"http://127.0.0.1:{base + 5}" in lines[6]
         assert http("GET", base + 3, "/health")[1]["role"] == "follower"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

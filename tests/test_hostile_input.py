@@ -679,7 +679,8 @@ def test_promise_requests_are_checked_and_only_a_dry_run_answers(cluster, body, 
     assert answer.status == expected, (body, answer)
     if expected == 200:  # the dry run says what the node holds
         state = before[node][0]
-        assert answered == {"node_id": node, "term": 1, "leader_id": "leader", "history": [[1, 1, "leader"]],
+        assert answered == {"node_id": node, "role": state["role"], "term": 1, "leader_id": "leader", "priority": 0,
+                            "etcd_reachable": None, "history": [[1, 1, "leader"]],
                             "applied_seq": state.get("last_seq", state["applied_seq"]), "beyond": []}, answered
     elif expected == 409:
         assert (answered["term"], answered["leader_id"], answered["leader_address"]) == (1, "leader", cluster.leader_address)

@@ -278,6 +278,8 @@ def test_cluster_command_restarts_a_killed_node_and_reports_a_paused_one(tmp_pat
          "--restart-delay", "0.2"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out, pids = Lines(proc.stdout), {}
     try:
+        # One line says how failover works here: automatic with the etcd it started, or manual.
+        out.until(r"^cluster: (etcd at http://127\.0\.0\.1:\d+: automatic failover|failover is manual: no etcd on PATH)")
         pids = {name: int(out.until(rf"^{name} .* pid (\d+)")[1]) for name in NAMES}
         out.until("Ctrl-C stops the cluster")
         os.kill(pids["follower2"], signal.SIGKILL)

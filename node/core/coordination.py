@@ -8,8 +8,9 @@ an argument, every answer a decision with the sentence that explains it.
   clock drift and a slow step-down. Past the deadline the leader stops acknowledging, before
   anyone else can take the key.
 - :func:`healthiest`: a follower races for the key only if enough followers answered to
-  cover every write quorum (``N - W + 1``, the promotion rule) and none of them is ahead of
-  it: a later last term, then more entries, then a higher priority, then a smaller node id.
+  cover every write quorum (``N - W + 1``, the promotion rule) and none of them that could
+  take the key is ahead of it: a later last term, then more entries, then a higher priority,
+  then a smaller node id.
 - :func:`decide`: given what this node is and what etcd says, the one thing to do now.
 """
 
@@ -65,6 +66,7 @@ class Position:
     last_term: int
     last_seq: int
     priority: int = 0
+    can_race: bool = True  # False: it cannot reach etcd, so it cannot take the key
 
 
 def _rank(p: Position) -> tuple:
@@ -81,10 +83,15 @@ class Verdict:
 def healthiest(me: Position, answers: list[Position], needed: int) -> Verdict:
     """Whether ``me`` may race for the leader key, given the positions of the followers that
     answered (``needed``: answers required, this node included)."""
+    if me.last_term == 0:
+        return Verdict(False, f"{me.node_id} has never followed a leader: a new cluster's first leader is the node "
+                              f"started with ROLE=leader")
     if len(answers) + 1 < needed:
         return Verdict(False, f"only {len(answers) + 1} of the {needed} followers needed answered (itself "
                               f"included): a new leader could miss an acknowledged write, so nobody races")
-    ahead = sorted((a for a in answers if _rank(a) > _rank(me)), key=_rank, reverse=True)
+    # A node that cannot reach etcd cannot take the key: deferring to it would leave the cluster
+    # without a leader. Its entries are not lost: the promotion fetches what promisers hold.
+    ahead = sorted((a for a in answers if a.can_race and _rank(a) > _rank(me)), key=_rank, reverse=True)
     if ahead:
         best = ahead[0]
         return Verdict(False, f"{best.node_id} is ahead (term {best.last_term}, seq {best.last_seq}, priority "

@@ -50,10 +50,18 @@ ME = Position("follower3", last_term=2, last_seq=50)
     ([Position("follower1", 2, 50)], 2, False, "follower1 is ahead"),           # tie: the smaller id
     ([Position("follower4", 2, 50)], 2, True, "no follower is ahead"),
     ([Position("follower1", 2, 10)], 3, False, "only 2 of the 3 followers needed answered"),
+    ([Position("follower1", 2, 99, can_race=False)], 2, True, "no follower is ahead"),  # cannot reach etcd
 ])
 def test_a_follower_races_only_when_enough_answered_and_none_is_ahead(answers, needed, race, reason):
     verdict = healthiest(ME, answers, needed)
     assert verdict.race is race and reason in verdict.reason
+
+
+def test_a_node_that_never_followed_a_leader_does_not_race():
+    """At a new cluster's start the key is free until the first leader takes it: the followers,
+    all empty, must not race it."""
+    verdict = healthiest(Position("follower1", 0, 0), [Position("follower2", 0, 0)], 2)
+    assert not verdict.race and "ROLE=leader" in verdict.reason
 
 
 def view(**changes):
