@@ -79,6 +79,11 @@ FAILOVERS = {
         lambda c: c.docker("kill", "leader"),
         lambda c: (c.run("start", "leader"), c.wait_healthy(["leader"])),
     ),
+    "leader SIGKILL, promote follower4": (
+        "follower4",
+        lambda c: c.docker("kill", "leader"),
+        lambda c: (c.run("start", "leader"), c.wait_healthy(["leader"])),
+    ),
     "leader paused, promote follower2": (
         "follower2",
         lambda c: c.docker("pause", "leader"),
@@ -93,8 +98,33 @@ FAILOVERS = {
 }
 
 
-@pytest.mark.parametrize("case", list(FAILOVERS))
-def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, case):
+# (case, WRITE_QUORUM of every node): the kill at W = 1, 3 and 5, the others at the suite's 2.
+CASES = [("leader SIGKILL, promote follower3", 1), ("leader SIGKILL, promote follower4", 3),
+         ("leader SIGKILL, promote follower3", 5), ("leader paused, promote follower2", 2),
+         ("leader cut off, promote follower1", 2)]
+SUITE_QUORUM = 2
+
+
+@pytest.fixture(scope="module")
+def quorum_setter(compose):
+    """Sets WRITE_QUORUM on every node (any may be promoted: the new leader's counts), and puts the
+    suite's quorum back when the module is done, for the other Docker tests."""
+    current = [SUITE_QUORUM]
+
+    def set_everywhere(quorum: int) -> None:
+        if quorum != current[0]:
+            compose.up(env={"WRITE_QUORUM": str(quorum)}, recreate=True)
+            wait_until(lambda: all(health(compose, s).get("leader_id") == "leader" for s in SERVICES), 60,
+                       f"every node follows leader at W={quorum}")
+            current[0] = quorum
+
+    yield set_everywhere
+    set_everywhere(SUITE_QUORUM)
+
+
+@pytest.mark.parametrize("case, quorum", CASES, ids=[f"{c} (W={w})" for c, w in CASES])
+def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, quorum_setter, case, quorum):
+    quorum_setter(quorum)
     new_leader, inject, heal = FAILOVERS[case]
     prefix = f"failover-{uuid.uuid4().hex[:6]}-"
     urls = [compose.url(s) for s in SERVICES]
@@ -117,7 +147,7 @@ def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, case
     verdict = check(result, prefix, data)
     rolled = rolled_back(compose, tmp_path, prefix)
     new_term = [op.finished_at for op in result.ops if op.status == "ok" and op.term == answer["term"]]
-    record(case, verdict, converge_s, rolled_back=len(rolled),
+    record(f"{case} (W={quorum})", verdict, converge_s, rolled_back=len(rolled),
            first_write_s=(min(new_term) - started) if new_term else "none")
     assert verdict.valid, (verdict.lost[:10], verdict.unexpected[:10], verdict.partial[:10])
     acknowledged = {op.key: op.value for op in result.ops if op.status == "ok"}
