@@ -18,10 +18,10 @@ from tornado.web import Application
 from node import handlers as h
 from node.config import Config, ConfigError, load_config
 from node.leader import LeaderLogError
-from node.replica import Replica
-from node.terms import TermFileError
 from node.limits import Limits
 from node.log import LogCorruptError, LogFile
+from node.replica import Replica
+from node.terms import TermFileError
 
 log = logging.getLogger("node")
 

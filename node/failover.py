@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from node.core.coordination import Action, Decision, LeaderLease, Position, View, decide, healthiest
+from node.core.coordination import Decision, LeaderLease, Position, View, decide, healthiest
 from node.core.terms import check_history, last_leader, promise_quorum
 from node.etcd import EtcdClient, EtcdError, LeaseGone
 from node.tasks import TaskGroup

@@ -24,8 +24,19 @@ from typing import Any
 
 from node import codec, peers, terms
 from node.config import Config
-from node.core.terms import (Holding, PromiseRefused, StaleTerm, TermState, check_history, last_leader,
-                             plan_promotion, promise_quorum, restamp, term_at, to_roll_back)
+from node.core.terms import (
+    Holding,
+    PromiseRefused,
+    StaleTerm,
+    TermState,
+    check_history,
+    last_leader,
+    plan_promotion,
+    promise_quorum,
+    restamp,
+    term_at,
+    to_roll_back,
+)
 from node.follower import Follower
 from node.leader import Leader
 from node.limits import Limits

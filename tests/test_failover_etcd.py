@@ -13,8 +13,7 @@ import pytest
 from node.admin import call
 from node.etcd_local import etcd_binary, start_etcd
 from tests.history import check, record
-from tests.test_failover_local import (NAMES, SECRET, converged, health, rolled_back_entries, run_load, states,
-                                       wait_until)
+from tests.test_failover_local import NAMES, SECRET, converged, health, rolled_back_entries, run_load, states, wait_until
 from tests.test_faults_local import Cluster
 
 pytestmark = pytest.mark.cluster

@@ -12,8 +12,8 @@ from node.core.quorum import QuorumTimeout
 
 @pytest.fixture
 def node(tmp_path):
-    config = load_config({"REPLICATION_SECRET": "handler-secret", "ROLE": "leader", "PEERS": "leader=127.0.0.1:8000,f1=127.0.0.1:9",
-                          "DATA_DIR": str(tmp_path),
+    config = load_config({"REPLICATION_SECRET": "handler-secret", "ROLE": "leader",
+                          "PEERS": "leader=127.0.0.1:8000,f1=127.0.0.1:9", "DATA_DIR": str(tmp_path),
                           "MAX_BODY_BYTES": "2048", "WRITE_TIMEOUT": "50", "MIN_DELAY": "0", "MAX_DELAY": "0"})
     return open_node(config)
 
@@ -114,7 +114,8 @@ async def test_unreachable_followers_time_out_with_counts(http_client, base_url,
         ("GET", "/log?after=x", 400, "after='x' is not an integer"),
         ("GET", "/log?after=-1", 400, "after=-1 must be >= 0"),
         ("GET", "/log?limit=0", 400, "limit=0 is out of range"),
-        ("POST", "/replicate", 400, "a push is a JSON object with exactly the fields committed, entries, history, leader_id, term"),
+        ("POST", "/replicate", 400,
+         "a push is a JSON object with exactly the fields committed, entries, history, leader_id, term"),
         ("POST", "/admin/promise", 400, "candidate None is not another node of PEERS"),
         ("GET", "/admin/entries?upto=x", 400, "upto='x' is not an integer"),
     ],

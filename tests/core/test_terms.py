@@ -7,8 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.core.terms import (Holding, PromiseRefused, StaleTerm, TermState, check_history, plan_promotion,
-                             promise_quorum, term_at, to_roll_back)
+from node.core.terms import (
+    Holding,
+    PromiseRefused,
+    StaleTerm,
+    TermState,
+    check_history,
+    plan_promotion,
+    promise_quorum,
+    term_at,
+    to_roll_back,
+)
 
 H = ((1, 1, "a"), (2, 5, "b"), (4, 9, "c"))
 
