@@ -23,8 +23,15 @@ from tests.history import Load, check, record
 pytestmark = pytest.mark.docker
 
 
-def promote(compose, service):
-    code, answer = call("POST", compose.url(service) + "/admin/promote", COMPOSE_SECRET)
+def promote(compose, service, attempts=3):
+    """Promote ``service``, as an operator would: a refusal (503: a follower whose answer did not
+    arrive in time) changes nothing, so it is tried again, at most ``attempts`` times."""
+    for attempt in range(attempts):
+        code, answer = call("POST", compose.url(service) + "/admin/promote", COMPOSE_SECRET)
+        if code != 503 or attempt == attempts - 1:
+            break
+        print(f"promotion of {service} refused, trying again: {answer.get('error')}")
+        time.sleep(1.0)
     assert code == 200, answer
     return answer
 
