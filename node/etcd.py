@@ -59,6 +59,14 @@ class LeaseGone(EtcdError):
     """The lease expired or was revoked: whatever was bound to it is gone."""
 
 
+class TermPassed(EtcdError):
+    """etcd handed out a later term than the one a leader asked to keep: it must not lead."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(f"etcd's term counter is at {stored}")
+        self.stored = stored
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: str
@@ -197,25 +205,55 @@ class EtcdClient:
     # -- the leader lock -----------------------------------------------------------------
 
     async def create_leader(self, key: str, value: str | bytes, lease: int, term_key: str, known_term: int = 0,
-                            timeout: float | None = None) -> Acquired | None:
+                            timeout: float | None = None, keep_term: int | None = None) -> Acquired | None:
         """Take the leader key and the next term in one transaction, or None when someone holds
         the key or the term changed since it was read (read both again next cycle).
 
         The new term is ``max(stored term, known_term) + 1``: above any term etcd handed out and
         any term this node has seen, so terms only grow and each leadership has its own.
+        ``keep_term`` instead takes the key for a term this node already leads (a leader back
+        from a restart): allowed only while etcd never handed out a later term, else
+        :class:`TermPassed`.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         stored = await self.get(term_key, timeout=max(0.0, deadline - time.monotonic()))
-        term = max(self._term_of(stored), known_term) + 1
-        unchanged = ({"key": b64(term_key), "target": "MOD", "result": "EQUAL", "mod_revision": str(stored.mod_revision)}
-                     if stored else {"key": b64(term_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
-        body = {"compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}, unchanged],
+        if keep_term is None:
+            term = max(self._term_of(stored), known_term) + 1
+        elif self._term_of(stored) > keep_term:
+            raise TermPassed(self._term_of(stored))
+        else:
+            term = keep_term
+        body = {"compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+                            self._unchanged(term_key, stored)],
                 "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": str(lease)}},
                             {"request_put": {"key": b64(term_key), "value": b64(str(term))}}]}
         answer = await self._call("/v3/kv/txn", body, max(0.0, deadline - time.monotonic()), retry_safe=False)
         if not answer.get("succeeded"):
             return None
         return Acquired(term=term, revision=int(answer["header"]["revision"]))
+
+    async def move_leader(self, key: str, holder: str, value: str | bytes, lease: int, term_key: str,
+                          known_term: int = 0, timeout: float | None = None) -> Acquired | None:
+        """A planned switchover: hand the key from ``holder`` to ``value`` and take the next term,
+        in one transaction; None when the key no longer names ``holder`` or the term changed."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        stored = await self.get(term_key, timeout=max(0.0, deadline - time.monotonic()))
+        term = max(self._term_of(stored), known_term) + 1
+        body = {"compare": [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(holder)},
+                            self._unchanged(term_key, stored)],
+                "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": str(lease)}},
+                            {"request_put": {"key": b64(term_key), "value": b64(str(term))}}]}
+        answer = await self._call("/v3/kv/txn", body, max(0.0, deadline - time.monotonic()), retry_safe=False)
+        if not answer.get("succeeded"):
+            return None
+        return Acquired(term=term, revision=int(answer["header"]["revision"]))
+
+    @staticmethod
+    def _unchanged(term_key: str, stored: KeyValue | None) -> dict:
+        """The compare that fails when the term counter moved since ``stored`` was read."""
+        if stored is None:
+            return {"key": b64(term_key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        return {"key": b64(term_key), "target": "MOD", "result": "EQUAL", "mod_revision": str(stored.mod_revision)}
 
     async def release_leader(self, key: str, value: str | bytes, timeout: float | None = None) -> bool:
         """Delete the leader key if it still holds ``value`` (a graceful step-down); True when

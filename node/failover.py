@@ -26,7 +26,7 @@ from typing import Any
 
 from node.core.coordination import Decision, LeaderLease, Position, View, decide, healthiest
 from node.core.terms import check_history, last_leader, promise_quorum
-from node.etcd import EtcdClient, EtcdError, LeaseGone
+from node.etcd import EtcdClient, EtcdError, LeaseGone, TermPassed
 from node.tasks import TaskGroup
 from node.validation import ApiError
 
@@ -112,18 +112,18 @@ class Coordinator:
             log.warning("could not renew the leader lease (%.1f s left): %s", self.lease.remaining(self.clock()), exc)
 
     async def _acquire(self) -> None:
-        """A leader without the key (a new cluster's first leader, or after etcd lost it): take it
-        in its own term if the counter allows, else step down and let the healthiest race."""
+        """A leader without the key (a new cluster's first leader, one back from a restart, or
+        after etcd lost the key): take it for the term it leads, which etcd allows only while it
+        handed out no later term; else step down and let the healthiest race."""
         term = self.node.state.term
-        acquired, sent = await self._take_key(known_term=term - 1)
-        if acquired is None:
-            return
-        if acquired.term != term:
-            log.warning("etcd's term counter is at %d, past this leader's term %d: stepping down", acquired.term, term)
-            await self._release()
+        try:
+            acquired, _ = await self._take_key(known_term=term - 1, keep_term=term)
+        except TermPassed as passed:
+            log.warning("etcd's term counter is at %d, past this leader's term %d: stepping down", passed.stored, term)
             await self.node.demote("the term counter in etcd moved past this leader's term")
             return
-        log.info("took the leader key for term %d", term)
+        if acquired is not None:
+            log.info("took the leader key for term %d", term)
 
     async def _step_down(self) -> None:
         if self.node.role == "leader":
@@ -155,8 +155,8 @@ class Coordinator:
         if verdict.race:
             await self._race(max([self.node.state.term] + [a["term"] for a in answers]), now)
 
-    async def _race(self, known_term: int, began: float) -> dict | None:
-        acquired, _ = await self._take_key(known_term)
+    async def _race(self, known_term: int, began: float, from_holder: str | None = None) -> dict | None:
+        acquired, _ = await self._take_key(known_term, from_holder=from_holder)
         if acquired is None:
             return None
         deposed = last_leader(self.node.state.history)
@@ -174,13 +174,24 @@ class Coordinator:
                     self.node.config.node_id, acquired.term, deposed, took)
         return summary
 
-    async def _take_key(self, known_term: int):
-        """Grant a lease and create the leader key with it; (Acquired, sent) or (None, sent)."""
+    async def _take_key(self, known_term: int, keep_term: int | None = None, from_holder: str | None = None):
+        """Grant a lease and create the leader key with it (or move it from ``from_holder``: a
+        switchover); (Acquired, sent) or (None, sent). :class:`TermPassed` (with the lease
+        revoked) when ``keep_term`` is no longer etcd's."""
         sent = self.clock()
+        lease_id = None
+        me = self.node.config.node_id
         try:
             lease_id = await self.etcd.grant(int(self.ttl_s))
-            acquired = await self.etcd.create_leader(self.leader_key, self.node.config.node_id, lease_id,
-                                                     self.term_key, known_term)
+            if from_holder is None:
+                acquired = await self.etcd.create_leader(self.leader_key, me, lease_id, self.term_key, known_term,
+                                                         keep_term=keep_term)
+            else:
+                acquired = await self.etcd.move_leader(self.leader_key, from_holder, me, lease_id, self.term_key,
+                                                       known_term)
+        except TermPassed:
+            await self._revoke(lease_id)
+            raise
         except EtcdError as exc:
             log.warning("could not take the leader key: %s", exc)
             return None, sent
@@ -238,15 +249,15 @@ class Coordinator:
             await self._read_etcd()
             if not self.reachable:
                 raise ApiError(503, "etcd is unreachable: a promotion needs the leader key; try again when it is back")
-            if self.holder is not None and self.holder != self.node.config.node_id:
-                raise ApiError(409, f"the leader key is held by {self.holder}, which leads: stop it first (a planned "
-                                    f"switchover is not available yet), or wait for its lease to expire")
+            # A key held by another node is a planned switchover: the key moves to this node in
+            # the next term, and the promotion's promises (the old leader's among them) fence it.
+            from_holder = self.holder if self.holder not in (None, self.node.config.node_id) else None
             answers = await self._positions()
             known = max([self.node.state.term] + [a["term"] for a in answers])
-            summary = await self._race(known, self.clock())
+            summary = await self._race(known, self.clock(), from_holder=from_holder)
             if summary is None:
-                raise ApiError(409, "another node took the leader key first; see /health for who leads")
-            return summary
+                raise ApiError(409, "the leader key changed hands meanwhile; see /health for who leads, and try again")
+            return dict(summary, switchover_from=from_holder) if from_holder else summary
 
     async def set_paused(self, paused: bool) -> dict:
         try:

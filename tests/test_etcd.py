@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from node.etcd import Acquired, EtcdClient, EtcdError, EtcdUnavailable, LeaseGone, parse_endpoints
+from node.etcd import Acquired, EtcdClient, EtcdError, EtcdUnavailable, LeaseGone, TermPassed, parse_endpoints
 from node.etcd_local import etcd_binary, free_ports, start_etcd
 
 EXPIRY_WAIT_S = 8.0  # etcd 3.4 rounds a 1 s TTL up to its minimum (2 s here); expiry is checked every 0.5 s
@@ -176,6 +176,38 @@ async def test_a_term_changed_between_read_and_transaction_refuses(etcd, keys, m
     assert await etcd.get(leader_key) is None
     assert (await etcd.create_leader(leader_key, "node1", lease, term_key, known_term=0)).term == 8
     await etcd.revoke(lease)
+
+
+@pytest.mark.gen_test
+async def test_a_leader_back_from_a_restart_keeps_its_term_unless_etcd_handed_out_a_later_one(etcd, keys):
+    leader_key, term_key = keys
+    lease = await etcd.grant(10)
+    assert (await etcd.create_leader(leader_key, "node1", lease, term_key)).term == 1
+    assert await etcd.release_leader(leader_key, "node1")
+    again = await etcd.create_leader(leader_key, "node1", lease, term_key, known_term=0, keep_term=1)
+    assert again.term == 1 and (await etcd.get(term_key)).text == "1"
+    assert await etcd.release_leader(leader_key, "node1")
+    assert (await etcd.create_leader(leader_key, "node2", lease, term_key)).term == 2
+    assert await etcd.release_leader(leader_key, "node2")
+    with pytest.raises(TermPassed) as passed:
+        await etcd.create_leader(leader_key, "node1", lease, term_key, keep_term=1)
+    assert passed.value.stored == 2 and await etcd.get(leader_key) is None
+    await etcd.revoke(lease)
+
+
+@pytest.mark.gen_test
+async def test_a_switchover_moves_the_key_from_its_holder_in_the_next_term(etcd, keys):
+    leader_key, term_key = keys
+    old, new = await etcd.grant(10), await etcd.grant(10)
+    assert (await etcd.create_leader(leader_key, "node1", old, term_key, known_term=4)).term == 5
+    assert await etcd.move_leader(leader_key, "node3", "node2", new, term_key) is None  # node3 holds nothing
+    moved = await etcd.move_leader(leader_key, "node1", "node2", new, term_key, known_term=2)
+    assert moved.term == 6
+    holder = await etcd.get(leader_key)
+    assert (holder.text, holder.lease, (await etcd.get(term_key)).text) == ("node2", new, "6")
+    await etcd.revoke(old)  # the old leader's lease no longer holds the key
+    assert (await etcd.get(leader_key)).text == "node2"
+    await etcd.revoke(new)
 
 
 @pytest.mark.gen_test

@@ -165,3 +165,43 @@ def _write(cluster, name, key, value):
         return write(cluster, name, key, value)
     except OSError as exc:
         return 599, {"error": str(exc)}
+
+
+def test_a_planned_switchover_moves_the_lock_under_load_without_losing_a_write(tmp_path, etcd):
+    cluster = coordinated(tmp_path, etcd, WRITE_QUORUM="2")
+    try:
+        wait_for_key(cluster, "leader")
+        prefix = f"switchover-{uuid.uuid4().hex[:6]}-"
+        load_ = run_load(cluster, prefix)
+        try:
+            load_.wait_completed(50)
+            code, answer = call("POST", cluster.url("follower2") + "/admin/promote", SECRET)
+            assert code == 200 and answer["switchover_from"] == "leader", answer
+            load_.wait_completed(150)
+        finally:
+            result = load_.join()
+        assert failover_status(cluster, "follower2")["leader_key_holder"] == "follower2"
+        wait_until(lambda: health(cluster, "leader").get("role") == "follower", 30, "the old leader follows")
+        wait_until(lambda: converged(cluster), 60, "every node converges")
+        verdict = check(result, prefix, {n: s["data"] for n, s in states(cluster).items()})
+        rolled = [e for e in rolled_back_entries(cluster) if e.key and e.key.startswith(prefix)]
+        record("local etcd: planned switchover leader -> follower2 (W=2)", verdict, 0.0, rolled_back=len(rolled))
+        assert verdict.valid, (verdict.lost[:10], verdict.unexpected[:10], verdict.partial[:10])
+        assert answer["term"] == max(op.term or 0 for op in result.ops if op.status == "ok")
+    finally:
+        cluster.stop()
+
+
+def test_a_leader_restarted_takes_its_key_back_in_its_own_term(tmp_path, etcd):
+    cluster = coordinated(tmp_path, etcd, WRITE_QUORUM="2", FAILOVER="manual")
+    try:
+        wait_for_key(cluster, "leader")
+        assert _write(cluster, "leader", "before", 1)[0] == 200
+        term = health(cluster, "leader")["term"]
+        cluster.restart("leader")  # SIGTERM: the key is released, and nobody races (manual)
+        wait_until(lambda: failover_status(cluster, "leader")["leader_key_holder"] == "leader", 15,
+                   "the restarted leader holds the key again")
+        code, answer = _write(cluster, "leader", "after", 2)
+        assert code == 200 and answer["term"] == term, answer
+    finally:
+        cluster.stop()
