@@ -205,7 +205,8 @@ class EtcdClient:
     # -- the leader lock -----------------------------------------------------------------
 
     async def create_leader(self, key: str, value: str | bytes, lease: int, term_key: str, known_term: int = 0,
-                            timeout: float | None = None, keep_term: int | None = None) -> Acquired | None:
+                            timeout: float | None = None, keep_term: int | None = None,
+                            holder: str | None = None) -> Acquired | None:
         """Take the leader key and the next term in one transaction, or None when someone holds
         the key or the term changed since it was read (read both again next cycle).
 
@@ -213,7 +214,8 @@ class EtcdClient:
         any term this node has seen, so terms only grow and each leadership has its own.
         ``keep_term`` instead takes the key for a term this node already leads (a leader back
         from a restart): allowed only while etcd never handed out a later term, else
-        :class:`TermPassed`.
+        :class:`TermPassed`. ``holder``: the key must name that node instead of being absent
+        (a planned switchover moves it; a restarted leader rebinds its own to a new lease).
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         stored = await self.get(term_key, timeout=max(0.0, deadline - time.monotonic()))
@@ -223,24 +225,9 @@ class EtcdClient:
             raise TermPassed(self._term_of(stored))
         else:
             term = keep_term
-        body = {"compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
-                            self._unchanged(term_key, stored)],
-                "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": str(lease)}},
-                            {"request_put": {"key": b64(term_key), "value": b64(str(term))}}]}
-        answer = await self._call("/v3/kv/txn", body, max(0.0, deadline - time.monotonic()), retry_safe=False)
-        if not answer.get("succeeded"):
-            return None
-        return Acquired(term=term, revision=int(answer["header"]["revision"]))
-
-    async def move_leader(self, key: str, holder: str, value: str | bytes, lease: int, term_key: str,
-                          known_term: int = 0, timeout: float | None = None) -> Acquired | None:
-        """A planned switchover: hand the key from ``holder`` to ``value`` and take the next term,
-        in one transaction; None when the key no longer names ``holder`` or the term changed."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        stored = await self.get(term_key, timeout=max(0.0, deadline - time.monotonic()))
-        term = max(self._term_of(stored), known_term) + 1
-        body = {"compare": [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(holder)},
-                            self._unchanged(term_key, stored)],
+        held = ({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"} if holder is None
+                else {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(holder)})
+        body = {"compare": [held, self._unchanged(term_key, stored)],
                 "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": str(lease)}},
                             {"request_put": {"key": b64(term_key), "value": b64(str(term))}}]}
         answer = await self._call("/v3/kv/txn", body, max(0.0, deadline - time.monotonic()), retry_safe=False)

@@ -75,7 +75,8 @@ class Coordinator:
             await self._read_etcd()
             now = self.clock()
             decision = decide(View(self.node.config.node_id, self.node.role == "leader", self.holder, self.reachable,
-                                   self.lease.acknowledging(now), self.automatic, self.paused))
+                                   self.lease.acknowledging(now), self.lease_id is not None, self.automatic,
+                                   self.paused))
             if decision.sentence != self.last_decision:
                 log.info("failover: %s", decision.sentence)
             self.last_decision = decision.sentence
@@ -108,6 +109,7 @@ class Coordinator:
             self.lease.renewed(sent, await self.etcd.keepalive(self.lease_id))
         except LeaseGone:
             self.lease.lost()
+            self.lease_id = None
         except EtcdError as exc:
             log.warning("could not renew the leader lease (%.1f s left): %s", self.lease.remaining(self.clock()), exc)
 
@@ -117,7 +119,8 @@ class Coordinator:
         handed out no later term; else step down and let the healthiest race."""
         term = self.node.state.term
         try:
-            acquired, _ = await self._take_key(known_term=term - 1, keep_term=term)
+            mine = self.node.config.node_id if self.holder == self.node.config.node_id else None
+            acquired, _ = await self._take_key(known_term=term - 1, keep_term=term, from_holder=mine)
         except TermPassed as passed:
             log.warning("etcd's term counter is at %d, past this leader's term %d: stepping down", passed.stored, term)
             await self.node.demote("the term counter in etcd moved past this leader's term")
@@ -183,12 +186,8 @@ class Coordinator:
         me = self.node.config.node_id
         try:
             lease_id = await self.etcd.grant(int(self.ttl_s))
-            if from_holder is None:
-                acquired = await self.etcd.create_leader(self.leader_key, me, lease_id, self.term_key, known_term,
-                                                         keep_term=keep_term)
-            else:
-                acquired = await self.etcd.move_leader(self.leader_key, from_holder, me, lease_id, self.term_key,
-                                                       known_term)
+            acquired = await self.etcd.create_leader(self.leader_key, me, lease_id, self.term_key, known_term,
+                                                     keep_term=keep_term, holder=from_holder)
         except TermPassed:
             await self._revoke(lease_id)
             raise

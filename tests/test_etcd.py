@@ -200,8 +200,8 @@ async def test_a_switchover_moves_the_key_from_its_holder_in_the_next_term(etcd,
     leader_key, term_key = keys
     old, new = await etcd.grant(10), await etcd.grant(10)
     assert (await etcd.create_leader(leader_key, "node1", old, term_key, known_term=4)).term == 5
-    assert await etcd.move_leader(leader_key, "node3", "node2", new, term_key) is None  # node3 holds nothing
-    moved = await etcd.move_leader(leader_key, "node1", "node2", new, term_key, known_term=2)
+    assert await etcd.create_leader(leader_key, "node2", new, term_key, holder="node3") is None  # not node3's
+    moved = await etcd.create_leader(leader_key, "node2", new, term_key, known_term=2, holder="node1")
     assert moved.term == 6
     holder = await etcd.get(leader_key)
     assert (holder.text, holder.lease, (await etcd.get(term_key)).text) == ("node2", new, "6")

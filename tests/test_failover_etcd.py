@@ -192,15 +192,16 @@ def test_a_planned_switchover_moves_the_lock_under_load_without_losing_a_write(t
         cluster.stop()
 
 
-def test_a_leader_restarted_takes_its_key_back_in_its_own_term(tmp_path, etcd):
+def test_a_leader_killed_and_restarted_takes_its_key_back_in_its_own_term(tmp_path, etcd):
     cluster = coordinated(tmp_path, etcd, WRITE_QUORUM="2", FAILOVER="manual")
     try:
         wait_for_key(cluster, "leader")
         assert _write(cluster, "leader", "before", 1)[0] == 200
         term = health(cluster, "leader")["term"]
-        cluster.restart("leader")  # SIGTERM: the key is released, and nobody races (manual)
-        wait_until(lambda: failover_status(cluster, "leader")["leader_key_holder"] == "leader", 15,
-                   "the restarted leader holds the key again")
+        cluster.kill("leader")  # the key stays, bound to the dead process's lease; nobody races (manual)
+        cluster.restart("leader")
+        wait_until(lambda: failover_status(cluster, "leader")["lease_remaining_s"] > 0, 15,
+                   "the restarted leader holds the key again, with a lease of its own")
         code, answer = _write(cluster, "leader", "after", 2)
         assert code == 200 and answer["term"] == term, answer
     finally:

@@ -117,6 +117,7 @@ class View:
     holder: str | None  # node id in the leader key; None when the key is absent
     etcd_reachable: bool
     lease_valid: bool  # LeaderLease.acknowledging(now)
+    lease_held: bool  # this process holds an etcd lease (False after a restart, until it takes the key)
     automatic: bool  # FAILOVER=auto
     paused: bool  # the cluster-wide pause (POST /admin/pause)
 
@@ -131,6 +132,9 @@ def decide(view: View) -> Decision:
     """The one thing to do this cycle, and why (the sentence goes to the log and /status)."""
     me = view.node_id
     if view.leading:
+        if view.holder == me and not view.lease_held and view.etcd_reachable:
+            return Decision(Action.ACQUIRE, "the leader key names this node from before a restart: taking it back "
+                                            "with a new lease")
         if not view.lease_valid and view.holder == me:
             return Decision(Action.STEP_DOWN, "demoting: the leader lease could not be renewed in time")
         if not view.etcd_reachable:

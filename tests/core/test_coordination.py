@@ -66,7 +66,7 @@ def test_a_node_that_never_followed_a_leader_does_not_race():
 
 def view(**changes):
     base = dict(node_id="n1", leading=False, holder=None, etcd_reachable=True, lease_valid=False,
-                automatic=True, paused=False)
+                lease_held=True, automatic=True, paused=False)
     return View(**{**base, **changes})
 
 
@@ -75,6 +75,8 @@ def view(**changes):
     (dict(leading=True, holder="n1", lease_valid=False), Action.STEP_DOWN, "could not be renewed"),
     (dict(leading=True, holder="n2", lease_valid=True), Action.STEP_DOWN, "names n2"),
     (dict(leading=True, holder=None, lease_valid=False), Action.ACQUIRE, "taking the free leader key"),
+    (dict(leading=True, holder="n1", lease_held=False), Action.ACQUIRE, "from before a restart"),
+    (dict(leading=True, holder="n1", lease_held=False, etcd_reachable=False), Action.STEP_DOWN, "demoting"),
     (dict(leading=True, etcd_reachable=False, lease_valid=True), Action.RENEW, "until the lease runs out"),
     (dict(leading=True, etcd_reachable=False, lease_valid=False), Action.STEP_DOWN, "lease ran out"),
     (dict(holder="n2"), Action.FOLLOW, "following n2"),
