@@ -13,7 +13,7 @@ up:
 down:
 	$(PYTHON) -m node.compose down
 
-## Also drops the six log volumes.
+## Also drops the volumes: the six logs and the three etcd members' data.
 clean:
 	$(PYTHON) -m node.compose clean
 

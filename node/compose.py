@@ -2,7 +2,7 @@
 
     python -m node.compose up        # prepare base image and wheels, build, start, wait healthy
     python -m node.compose down      # stop and remove the containers (volumes stay)
-    python -m node.compose clean     # ... and drop the six log volumes
+    python -m node.compose clean     # ... and drop the volumes (six logs, three etcd members)
 
 Works with Compose v2 (``docker compose``) or v1 (``docker-compose``), whichever exists. The
 end-to-end tests and the analysis use :class:`Compose` with a project name of their own so
@@ -23,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE_FILE = os.path.join(ROOT, "docker-compose.yml")
 SERVICES = ("leader", "follower1", "follower2", "follower3", "follower4", "follower5")
+ETCD_SERVICES = ("etcd1", "etcd2", "etcd3")
 PORT_VARS = {"leader": "LEADER_PORT", **{f"follower{i}": f"FOLLOWER{i}_PORT" for i in range(1, 6)}}
 DEFAULT_PORTS = {"leader": 8000, **{f"follower{i}": 8000 + i for i in range(1, 6)}}
 
@@ -68,6 +69,38 @@ def prepare_base_image() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+ETCD_IMAGE = "gcr.io/etcd-development/etcd:v3.5.17"  # the official image, where a registry is reachable
+LOCAL_ETCD_IMAGE = "kvstore-etcd:bookworm"  # built from docker/etcd where it is not
+PULL_TIMEOUT_S = 20
+
+
+def have_image(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def prepare_etcd_image(base_image: str) -> str:
+    """The etcd image for the three members, as docker/base-image.sh does for the nodes:
+    ``ETCD_IMAGE`` (default: the official one) if present, else the local build from an earlier
+    run, else a bounded pull, else build docker/etcd (Debian's etcd-server) on ``base_image``."""
+    wanted = os.environ.get("ETCD_IMAGE") or ETCD_IMAGE
+    for tag in (wanted, LOCAL_ETCD_IMAGE):
+        if have_image(tag):
+            return tag
+    print(f"etcd image {wanted} not present; trying docker pull (timeout {PULL_TIMEOUT_S} s)", file=sys.stderr)
+    try:
+        pulled = subprocess.run(["docker", "pull", "-q", wanted], capture_output=True, timeout=PULL_TIMEOUT_S)
+        if pulled.returncode == 0 and have_image(wanted):
+            return wanted
+    except subprocess.TimeoutExpired:
+        pass
+    print(f"pull failed; building {LOCAL_ETCD_IMAGE} from docker/etcd (Debian's etcd-server)", file=sys.stderr)
+    built = subprocess.run(["docker", "build", "-q", "-t", LOCAL_ETCD_IMAGE, "--build-arg", f"BASE_IMAGE={base_image}",
+                            os.path.join(ROOT, "docker", "etcd")], stdout=subprocess.DEVNULL)
+    if built.returncode != 0:
+        raise ComposeError(f"building {LOCAL_ETCD_IMAGE} from docker/etcd failed; see its output above")
+    return LOCAL_ETCD_IMAGE
+
+
 class Compose:
     """One compose project: ``Compose(project="kvtest", ports={...}).up()``."""
 
@@ -97,16 +130,19 @@ class Compose:
 
     def build(self) -> None:
         self.env["BASE_IMAGE"] = prepare_base_image()
+        self.env["ETCD_IMAGE"] = prepare_etcd_image(self.env["BASE_IMAGE"])
         self.run("build", "--quiet" if self.command == ["docker", "compose"] else "-q")
 
     def up(self, *services: str, env: dict[str, str] | None = None, recreate: bool = False,
            timeout: float = 120.0) -> None:
-        """Start services (all by default) detached and wait until every one is healthy."""
+        """Start services (all by default) detached and wait until every one is healthy. A
+        recreate (new settings) touches the nodes only, unless ``services`` names etcd."""
         if env:
             self.env.update(env)
         args = ["up", "-d", "--no-build"]
         if recreate:
             args += ["--force-recreate", "--no-deps"]
+            services = services or SERVICES
         self.run(*args, *services)
         self.wait_healthy(services or SERVICES, timeout)
 

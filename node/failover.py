@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from node.core.coordination import Decision, LeaderLease, Position, View, decide, healthiest
+from node.core.coordination import Decision, LeaderLease, Position, View, contact_quorum, decide, healthiest, in_touch
 from node.core.terms import check_history, last_leader, promise_quorum
 from node.etcd import EtcdClient, EtcdError, LeaseGone, TermPassed
 from node.tasks import TaskGroup
@@ -74,14 +74,23 @@ class Coordinator:
         async with self._cycle_lock:
             await self._read_etcd()
             now = self.clock()
-            decision = decide(View(self.node.config.node_id, self.node.role == "leader", self.holder, self.reachable,
+            leading = self.node.role == "leader"
+            decision = decide(View(self.node.config.node_id, leading, self.holder, self.reachable,
                                    self.lease.acknowledging(now), self.lease_id is not None, self.automatic,
-                                   self.paused))
+                                   self.paused, *(self._contact() if leading else (0, 0))))
             if decision.sentence != self.last_decision:
                 log.info("failover: %s", decision.sentence)
             self.last_decision = decision.sentence
             await getattr(self, "_" + decision.action.name.lower())()
             return decision
+
+    def _contact(self) -> tuple[int, int]:
+        """(followers the leader heard from within the window, how many it needs). The window
+        spans a lease and a /health probe interval, so one slow probe does not cost the key."""
+        window = self.ttl_s + self.node.config.catchup_interval_ms / 1000
+        config = self.node.config
+        return (in_touch(self.node.role_obj.last_heard, time.monotonic(), window),
+                contact_quorum(len(config.followers), config.write_quorum))
 
     async def _read_etcd(self) -> None:
         try:

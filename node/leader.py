@@ -123,6 +123,10 @@ class Leader:
         self._quorum_waiters: dict[int, asyncio.Future] = {}
         self._wakeup = Wakeup(self._step)
         self.background = TaskGroup("term watch")
+        # When each follower last answered (a push or a /health probe); the coordinator hands the
+        # key on when too few did lately. Counted from now: a new leader has not asked yet.
+        started = time.monotonic()
+        self.last_heard: dict[str, float] = {address: started for address in config.followers}
         self._step_planned = False
         self._closed = False
         if entries:
@@ -142,7 +146,8 @@ class Leader:
 
     def _check_terms(self) -> None:
         for address in self.config.followers:
-            self.client.fetch(peers.health_request(address), raise_error=False).add_done_callback(self._health_answer)
+            self.client.fetch(peers.health_request(address), raise_error=False).add_done_callback(
+                lambda done, address=address: self._health_answer(address, done))
 
     async def _term_watch(self) -> None:
         """Every CATCHUP_INTERVAL, ask the peers their term: a leader that was restarted, paused or
@@ -152,11 +157,12 @@ class Leader:
             if not self._closed:
                 self._check_terms()
 
-    def _health_answer(self, done: asyncio.Future) -> None:
+    def _health_answer(self, address: str, done: asyncio.Future) -> None:
         if self._closed or done.exception() is not None:
             return  # a follower that is down shows up in the first push
         response = done.result()
         if response.code == 200:
+            self.last_heard[address] = time.monotonic()
             self._later_term(response.body)
 
     async def write(self, op: str, key: str | None, value: Any = None) -> WriteOutcome:
@@ -248,7 +254,10 @@ class Leader:
         response: HTTPResponse | None = None if error is not None else done.result()
         if response is None:  # no HTTP answer: refused, reset, timed out
             self.core.failed(address, str(error), now)
-        elif response.code == 200:
+            return
+        if response.code < 599:  # an answer, whatever it says: the follower is in touch
+            self.last_heard[address] = now
+        if response.code == 200:
             try:
                 answer = codec.loads(response.body)
                 applied, node_id = int(answer["applied_seq"]), answer.get("node_id")

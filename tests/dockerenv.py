@@ -12,13 +12,16 @@ import time
 
 import pytest
 
-from node.compose import SERVICES, Compose, compose_command, docker_available, prepare_base_image
+from node.compose import SERVICES, Compose, compose_command, docker_available, prepare_base_image, prepare_etcd_image
 from tests.net import free_port_block, http
 
 # The suite's cluster: a shorter lag than the seed's 0..1000 ms keeps the suite fast while
-# still sending every entry with its own random delay.
+# still sending every entry with its own random delay. Failover is manual, through etcd's
+# lock, so the tests that stop or kill `leader` find it leading again once restarted;
+# tests/test_failover_auto_docker.py turns automatic failover on for its own cases.
 E2E_SETTINGS = {"MIN_DELAY": "0", "MAX_DELAY": "300", "WRITE_QUORUM": "2", "WRITE_TIMEOUT": "3000",
-                "CATCHUP_INTERVAL": "1000", "RESTART_POLICY": "no", "PUBLISH_HOST": "127.0.0.1"}
+                "CATCHUP_INTERVAL": "1000", "RESTART_POLICY": "no", "PUBLISH_HOST": "127.0.0.1",
+                "FAILOVER": "manual", "LEADER_TTL": "2000"}
 
 
 def require_docker() -> None:
@@ -40,7 +43,9 @@ def docker_env():
             patch.setenv(key, value)
         for service, port in ports.items():
             patch.setenv("LEADER_PORT" if service == "leader" else f"{service.upper()}_PORT", str(port))
-        patch.setenv("BASE_IMAGE", prepare_base_image())
+        base_image = prepare_base_image()
+        patch.setenv("BASE_IMAGE", base_image)
+        patch.setenv("ETCD_IMAGE", prepare_etcd_image(base_image))
         yield ports
 
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from node.compose import SERVICES
+from node.compose import ETCD_SERVICES, SERVICES
 from node.logtool import compare_logs, load
 from tests.dockerenv import http, wait_converged
 from tests.history import Load, check, check_sequence, record
@@ -103,9 +103,9 @@ FAULTS = {
         lambda c: c.docker("kill", "leader"),
         lambda c: restart(c, "leader"),
     ),
-    "whole cluster restart": (
+    "whole cluster restart": (  # etcd too: the nodes wait for it at start
         lambda c: c.run("stop"),
-        lambda c: restart(c, *SERVICES),
+        lambda c: (restart(c, *ETCD_SERVICES), restart(c, *SERVICES)),
     ),
 }
 

@@ -11,6 +11,9 @@ an argument, every answer a decision with the sentence that explains it.
   cover every write quorum (``N - W + 1``, the promotion rule) and none of them that could
   take the key is ahead of it: a later last term, then more entries, then a higher priority,
   then a smaller node id.
+- :func:`contact_quorum`: a leader that reaches etcd but hears from too few followers hands
+  the key on (etcd's CheckQuorum), so a leader cut off from its followers does not keep the
+  lock and the cluster without writes.
 - :func:`decide`: given what this node is and what etcd says, the one thing to do now.
 """
 
@@ -56,6 +59,18 @@ class LeaderLease:
     def remaining(self, now: float) -> float:
         """Seconds left to acknowledge writes (0 when none)."""
         return 0.0 if self.valid_until is None else max(0.0, self.valid_until - self.margin_s - now)
+
+
+def contact_quorum(followers: int, write_quorum: int) -> int:
+    """How many followers a leader must hear from to keep the key: W, but never more than a
+    majority, so a leader with a follower or two down (W = 5) does not flap, while one cut
+    off from its followers (it hears none) hands the key on."""
+    return min(write_quorum, followers // 2 + 1)
+
+
+def in_touch(last_heard: dict[str, float], now: float, window_s: float) -> int:
+    """Followers heard from (a push answered, a /health probe answered) within ``window_s``."""
+    return sum(1 for at in last_heard.values() if now - at <= window_s)
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class View:
     lease_held: bool  # this process holds an etcd lease (False after a restart, until it takes the key)
     automatic: bool  # FAILOVER=auto
     paused: bool  # the cluster-wide pause (POST /admin/pause)
+    followers_in_touch: int = 0  # leading: followers heard from within the contact window ...
+    contact_needed: int = 0  # ... and how many it must hear from (contact_quorum) to keep the key
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,12 @@ def decide(view: View) -> Decision:
             if view.lease_valid:
                 return Decision(Action.RENEW, "etcd unreachable: acknowledging until the lease runs out")
             return Decision(Action.STEP_DOWN, "demoting: etcd unreachable and the lease ran out")
+        # Only where another node may then take over: with failover off or paused, a leader
+        # that steps down stays down after the partition heals.
+        if view.holder == me and view.followers_in_touch < view.contact_needed and view.automatic and not view.paused:
+            return Decision(Action.STEP_DOWN, f"demoting: cut off from the followers ({view.followers_in_touch} "
+                                              f"answered lately, {view.contact_needed} needed): a follower that "
+                                              f"reaches them may lead")
         if view.holder == me:
             return Decision(Action.RENEW, "no action: I am the leader with the lock")
         if view.holder is None:

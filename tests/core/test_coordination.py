@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.core.coordination import Action, LeaderLease, Position, View, decide, healthiest
+from node.core.coordination import Action, LeaderLease, Position, View, contact_quorum, decide, healthiest, in_touch
 
 
 @pytest.mark.parametrize("now, acknowledging, renew_due, remaining", [
@@ -72,6 +72,14 @@ def view(**changes):
 
 @pytest.mark.parametrize("changes, action, words", [
     (dict(leading=True, holder="n1", lease_valid=True), Action.RENEW, "leader with the lock"),
+    (dict(leading=True, holder="n1", lease_valid=True, followers_in_touch=2, contact_needed=2), Action.RENEW,
+     "leader with the lock"),
+    (dict(leading=True, holder="n1", lease_valid=True, followers_in_touch=1, contact_needed=2), Action.STEP_DOWN,
+     "cut off from the followers (1 answered lately, 2 needed)"),
+    (dict(leading=True, holder="n1", lease_valid=True, followers_in_touch=0, contact_needed=2, automatic=False),
+     Action.RENEW, "leader with the lock"),
+    (dict(leading=True, holder="n1", lease_valid=True, followers_in_touch=0, contact_needed=2, paused=True),
+     Action.RENEW, "leader with the lock"),
     (dict(leading=True, holder="n1", lease_valid=False), Action.STEP_DOWN, "could not be renewed"),
     (dict(leading=True, holder="n2", lease_valid=True), Action.STEP_DOWN, "names n2"),
     (dict(leading=True, holder=None, lease_valid=False), Action.ACQUIRE, "taking the free leader key"),
@@ -89,3 +97,15 @@ def view(**changes):
 def test_one_decision_per_cycle(changes, action, words):
     decision = decide(view(**changes))
     assert decision.action is action and words in decision.sentence
+
+
+@pytest.mark.parametrize("write_quorum, needed", [(1, 1), (2, 2), (3, 3), (4, 3), (5, 3)])
+def test_a_leader_keeps_the_key_while_it_hears_from_w_followers_or_a_majority(write_quorum, needed):
+    assert contact_quorum(5, write_quorum) == needed
+
+
+def test_followers_in_touch_count_only_answers_within_the_window():
+    heard = {"f1": 10.0, "f2": 7.0, "f3": 4.9}
+    assert in_touch(heard, now=10.0, window_s=3.0) == 2  # 4.9 is 5.1 s old
+    assert in_touch(heard, now=20.0, window_s=3.0) == 0
+    assert in_touch({}, now=0.0, window_s=3.0) == 0
