@@ -189,6 +189,13 @@ class EtcdClient:
         kvs = answer.get("kvs", [])
         return parse_kv(kvs[0]) if kvs else None
 
+    async def get_prefix(self, prefix: str, timeout: float | None = None) -> dict[str, KeyValue]:
+        """Every key under ``prefix`` in one request (one consistent revision), by key."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        answer = await self._call("/v3/kv/range", {"key": b64(prefix), "range_end": b64(end)}, timeout)
+        found = [parse_kv(item) for item in answer.get("kvs", [])]
+        return {kv.key: kv for kv in found}
+
     async def put(self, key: str, value: str | bytes, lease: int | None = None, timeout: float | None = None) -> int:
         """Set ``key``; the revision written. ``lease``: the key goes when the lease does."""
         body = {"key": b64(key), "value": b64(value)}

@@ -20,6 +20,7 @@ term: the promotion's promises fence the old leader, whatever it believes about 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -41,7 +42,9 @@ class Coordinator:
         self.lease = LeaderLease(self.ttl_s, margin_s=self.ttl_s / 6)
         self.lease_id: int | None = None
         prefix = config.etcd_prefix
+        self.prefix = prefix
         self.leader_key, self.term_key, self.pause_key = f"{prefix}/leader", f"{prefix}/term", f"{prefix}/pause"
+        self.failover_key = f"{prefix}/last_failover"  # so every node's /status shows the last one
         self.automatic = config.failover == "auto"
         self.holder: str | None = None
         self.paused = False
@@ -94,9 +97,12 @@ class Coordinator:
 
     async def _read_etcd(self) -> None:
         try:
-            held = await self.etcd.get(self.leader_key)
-            self.paused = await self.etcd.get(self.pause_key) is not None
+            found = await self.etcd.get_prefix(self.prefix + "/")  # the key, the pause, the last failover: one read
+            held = found.get(self.leader_key)
+            self.paused = self.pause_key in found
             self.holder = held.text if held is not None else None
+            if self.failover_key in found:
+                self.last_failover = _failover_record(found[self.failover_key].text)
             if not self.reachable:
                 log.info("etcd reachable at %s", self.etcd.current_endpoint)
             self.reachable = True
@@ -184,6 +190,10 @@ class Coordinator:
         self._leaderless_since = None
         log.warning("failover: %s now leads term %d (from %s), %.2f s after the leader key was found free",
                     self.node.config.node_id, acquired.term, deposed, took)
+        try:
+            await self.etcd.put(self.failover_key, json.dumps(self.last_failover))
+        except EtcdError as exc:
+            log.warning("could not record the failover in etcd (only this node's /status shows it): %s", exc)
         return summary
 
     async def _take_key(self, known_term: int, keep_term: int | None = None, from_holder: str | None = None):
@@ -291,6 +301,15 @@ class Coordinator:
         if self.node.role == "leader":
             await self._release()  # a clean stop hands the key on at once
         self.etcd.close()
+
+
+def _failover_record(text: str) -> dict | None:
+    """The last failover as etcd holds it; None (and /status shows none) if it is unreadable."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _position(holding: dict) -> Position:

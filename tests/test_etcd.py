@@ -211,6 +211,17 @@ async def test_a_switchover_moves_the_key_from_its_holder_in_the_next_term(etcd,
 
 
 @pytest.mark.gen_test
+async def test_get_prefix_reads_every_key_under_it_and_nothing_else(etcd, keys):
+    base = keys[0]
+    await etcd.put(base + "/a", "1")
+    await etcd.put(base + "/b", "2")
+    await etcd.put(base + "0", "not under it")
+    found = await etcd.get_prefix(base + "/")
+    assert {k: kv.text for k, kv in found.items()} == {base + "/a": "1", base + "/b": "2"}
+    assert await etcd.get_prefix(base + "/nothing/") == {}
+
+
+@pytest.mark.gen_test
 async def test_a_term_key_that_is_not_a_number_is_an_error_saying_what_to_do(etcd, keys):
     leader_key, term_key = keys
     await etcd.put(term_key, "seven")

@@ -86,11 +86,6 @@ FAILOVERS = {
         lambda c: c.docker("kill", "leader"),
         lambda c: (c.run("start", "leader"), c.wait_healthy(["leader"])),
     ),
-    "leader SIGKILL, promote follower4": (
-        "follower4",
-        lambda c: c.docker("kill", "leader"),
-        lambda c: (c.run("start", "leader"), c.wait_healthy(["leader"])),
-    ),
     "leader paused, promote follower2": (
         "follower2",
         lambda c: c.docker("pause", "leader"),
@@ -105,9 +100,11 @@ FAILOVERS = {
 }
 
 
-# (case, WRITE_QUORUM of every node): the kill at W = 1, 3 and 5, the others at the suite's 2.
-CASES = [("leader SIGKILL, promote follower3", 1), ("leader SIGKILL, promote follower4", 3),
-         ("leader SIGKILL, promote follower3", 5), ("leader paused, promote follower2", 2),
+# (case, WRITE_QUORUM of every node). The suite's quorum: automatic failover at W = 1, 3 and 5
+# is tests/test_failover_auto_docker.py's, manual promotion at W = 1, 3 and 5 the local cluster's
+# (tests/test_failover_local.py); here each kind of fault is promoted by hand once, through
+# etcd's lock.
+CASES = [("leader SIGKILL, promote follower3", 2), ("leader paused, promote follower2", 2),
          ("leader cut off, promote follower1", 2)]
 SUITE_QUORUM = 2
 

@@ -84,6 +84,9 @@ def test_the_leader_sigkilled_is_replaced_automatically_and_no_acknowledged_writ
         assert new_term, "the automatic leader acknowledged nothing"
         last = failover_status(cluster, new_leader)["last_failover"]
         assert last["to"] == new_leader and last["from"] == "leader" and last["term"] >= 2
+        other = next(n for n in NAMES[1:] if n != new_leader)
+        wait_until(lambda: failover_status(cluster, other)["last_failover"] == last, 10,
+                   f"{other} shows the same last failover, read from etcd")
         assert failover_status(cluster, new_leader)["leader_key_holder"] == new_leader
     finally:
         cluster.stop()
