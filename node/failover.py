@@ -119,6 +119,11 @@ class Coordinator:
     async def _renew(self) -> None:
         if not self.reachable or self.lease_id is None or not self.lease.renew_due(self.clock()):
             return
+        await self._keepalive()
+
+    async def _keepalive(self) -> None:
+        if self.lease_id is None:
+            return
         sent = self.clock()
         try:
             self.lease.renewed(sent, await self.etcd.keepalive(self.lease_id))
@@ -178,12 +183,15 @@ class Coordinator:
         if acquired is None:
             return None
         deposed = last_leader(self.node.state.history)
+        keeping = asyncio.ensure_future(self._keep_lease())
         try:
             summary = await self.node.promote(term=acquired.term)
         except Exception as exc:  # noqa: BLE001 - the key must not stay with a node that does not lead
             log.warning("won the leader key for term %d but the promotion failed: %s", acquired.term, exc)
             await self._release()
             raise
+        finally:
+            keeping.cancel()
         took = self.clock() - (self._leaderless_since or began)
         self.last_failover = {"at": time.time(), "from": deposed, "to": self.node.config.node_id,
                               "term": acquired.term, "unavailable_s": round(took, 2)}
@@ -195,6 +203,13 @@ class Coordinator:
         except EtcdError as exc:
             log.warning("could not record the failover in etcd (only this node's /status shows it): %s", exc)
         return summary
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease while a promotion runs (the cycle that races waits for it): a
+        promotion that waits on a slow follower must not outlast the lease it won."""
+        while self.lease_id is not None:
+            await asyncio.sleep(self.ttl_s / 3)
+            await self._keepalive()
 
     async def _take_key(self, known_term: int, keep_term: int | None = None, from_holder: str | None = None):
         """Grant a lease and create the leader key with it (or move it from ``from_holder``: a

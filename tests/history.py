@@ -205,16 +205,18 @@ FAULT_TABLE: list[dict] = []
 
 
 def record(fault: str, verdict: Verdict, converge_s: float, note: str = "", rolled_back: int | str = "",
-           first_write_s: float | str = "") -> None:
-    """One row of the fault table; ``rolled_back`` (entries moved to rollback files) and
+           first_write_s: float | str = "", unavailable_s: float | str = "") -> None:
+    """One row of the fault table; ``rolled_back`` (entries moved to rollback files),
     ``first_write_s`` (from the start of a promotion to the new leader's first acknowledged
-    write) are filled in by the failover cases."""
+    write) and ``unavailable_s`` (the longest stretch without an acknowledged write after the
+    fault) are filled in by the failover cases."""
     FAULT_TABLE.append({
         "fault": fault, "attempted": verdict.attempted, "acknowledged": verdict.ok,
         "failed": verdict.failed, "unknown": verdict.unknown, "recovered": len(verdict.recovered),
         "lost": len(verdict.lost), "unexpected": len(verdict.unexpected), "rolled_back": rolled_back,
         "converge_s": round(converge_s, 2),
-        "first_write_s": round(first_write_s, 2) if isinstance(first_write_s, float) else first_write_s, "note": note,
+        "first_write_s": round(first_write_s, 2) if isinstance(first_write_s, float) else first_write_s,
+        "unavailable_s": round(unavailable_s, 2) if isinstance(unavailable_s, float) else unavailable_s, "note": note,
     })
 
 

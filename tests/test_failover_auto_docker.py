@@ -123,7 +123,7 @@ def run_case(compose, tmp_path, name, inject, heal, expect_new_leader=True, coun
     rolled = rolled_back(compose, tmp_path, prefix)
     acked = {op.key: op.value for op in result.ops if op.status == "ok"}
     gap = unavailable_s(result.ops, injected)
-    record(name, verdict, 0.0, rolled_back=len(rolled), first_write_s=round(gap, 2),
+    record(name, verdict, 0.0, rolled_back=len(rolled), unavailable_s=gap,
            note=f"{old} -> {new}, term {term_before} -> {health(compose, new)['term']}; {note}".strip("; "))
     assert verdict.valid, (verdict.lost[:10], verdict.unexpected[:10], verdict.partial[:10])
     # An entry in a rollback file may be a write the new leader kept (restamped in its term);

@@ -1,0 +1,49 @@
+"""The failover coordinator against a real etcd, with a stand-in node: what it does with the
+lease around a promotion, independent of the replication underneath."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from node.etcd import EtcdClient
+from node.failover import Coordinator
+from tests.test_etcd import etcd, etcd_server  # noqa: F401 - fixtures
+
+TTL_MS = 2000
+
+
+class SlowNode:
+    """Just what the coordinator asks of a node; its promotion takes ``promotion_s``."""
+
+    def __init__(self, prefix: str, promotion_s: float) -> None:
+        self.config = SimpleNamespace(node_id="follower1", leader_ttl_ms=TTL_MS, etcd_prefix=prefix, failover="auto",
+                                      write_quorum=2, catchup_interval_ms=1000, peers=(("follower1", "x:1"),),
+                                      followers=("x:2",))
+        self.state = SimpleNamespace(term=1, history=((1, 1, "leader"),))
+        self.role = "follower"
+        self.promotion_s = promotion_s
+
+    async def promote(self, term: int) -> dict:
+        await asyncio.sleep(self.promotion_s)
+        self.role, self.state.term = "leader", term
+        return {"promoted": True, "term": term}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_promotion_longer_than_the_lease_keeps_the_key_and_may_acknowledge(etcd, etcd_server, request):  # noqa: F811
+    prefix = f"/{request.node.name}"
+    node = SlowNode(prefix, promotion_s=1.5 * TTL_MS / 1000)
+    coordinator = Coordinator(node, EtcdClient(etcd_server.endpoints))
+    try:
+        summary = await coordinator._race(known_term=1, began=coordinator.clock())
+        assert summary["term"] == 2
+        assert coordinator.may_acknowledge(), "the lease ran out while the promotion ran"
+        held = await etcd.get(prefix + "/leader")
+        assert held is not None and held.text == "follower1" and held.lease == coordinator.lease_id
+        recorded = await etcd.get(prefix + "/last_failover")
+        assert recorded is not None and '"to": "follower1"' in recorded.text
+    finally:
+        await coordinator.close()
