@@ -68,9 +68,17 @@ class Coordinator:
             except Exception:  # noqa: BLE001 - one bad cycle must not end failover
                 log.exception("coordinator cycle failed")
             try:
-                await asyncio.wait_for(self._stopped.wait(), self.ttl_s / 4)
+                await asyncio.wait_for(self._stopped.wait(), self._next_cycle_in())
             except asyncio.TimeoutError:
                 pass
+
+    def _next_cycle_in(self) -> float:
+        """A quarter of the TTL, or sooner when the lease's renewal falls due (every third of
+        the TTL): a cycle that only checks every quarter would renew every half."""
+        due = self.lease.next_renewal()
+        if due is None:
+            return self.ttl_s / 4
+        return max(0.0, min(self.ttl_s / 4, due - self.clock()))
 
     async def cycle(self) -> Decision:
         """Read etcd, decide one thing, do it."""

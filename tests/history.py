@@ -143,6 +143,25 @@ class Load:
                     raise AssertionError(f"load did not reach {n} completed operations in {timeout} s")
                 self._progress.wait(remaining)
 
+    def acknowledged_since(self, since: float, term: int | None = None) -> int:
+        """Operations acknowledged after ``since`` (``time.monotonic()``), in ``term`` if given."""
+        return sum(1 for op in list(self.result.ops) if op.status == "ok" and op.finished_at is not None
+                   and op.finished_at > since and (term is None or op.term == term))
+
+    def wait_acknowledged(self, n: int, since: float, term: int | None = None, timeout: float = 60.0) -> None:
+        """Block until ``n`` operations were acknowledged after ``since`` (in ``term`` if given):
+        a fault case waits for the writes it is about, whatever the machine's speed."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self.acknowledged_since(since, term) < n:
+                remaining = deadline - time.monotonic()
+                if not self._thread.is_alive() or remaining <= 0:
+                    got = self.acknowledged_since(since, term)
+                    raise AssertionError(f"{got} of {n} writes acknowledged after the mark"
+                                         f"{f' in term {term}' if term else ''} before the load ended or "
+                                         f"{timeout} s passed")
+                self._progress.wait(min(remaining, 0.5))
+
     def stop(self) -> None:
         self._stop.set()
 

@@ -47,3 +47,15 @@ async def test_a_promotion_longer_than_the_lease_keeps_the_key_and_may_acknowled
         assert recorded is not None and '"to": "follower1"' in recorded.text
     finally:
         await coordinator.close()
+
+
+def test_the_next_cycle_comes_when_the_renewal_falls_due_not_a_quarter_later():
+    now = [100.0]
+    coordinator = Coordinator(SlowNode("/cadence", 0), EtcdClient(["http://127.0.0.1:1"]), clock=lambda: now[0])
+    assert coordinator._next_cycle_in() == pytest.approx(0.5)  # no lease: TTL / 4
+    coordinator.lease.renewed(sent_at=100.0, ttl_s=2.0)
+    now[0] = 100.4
+    assert coordinator._next_cycle_in() == pytest.approx(0.2667, abs=1e-3)  # due at 100 + 2/3
+    now[0] = 101.0
+    assert coordinator._next_cycle_in() == 0.0  # overdue: at once
+    coordinator.etcd.close()

@@ -132,17 +132,21 @@ def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, quor
     new_leader, inject, heal = FAILOVERS[case]
     prefix = f"failover-{uuid.uuid4().hex[:6]}-"
     urls = [compose.url(s) for s in SERVICES]
-    load_ = Load(urls[0], prefix, count=150, concurrency=8, max_seconds=90, request_timeout=5, addresses=urls).start()
+    # The count only bounds the load: it runs until the new term has acknowledged writes and the
+    # old leader has rejoined, however fast the machine is.
+    load_ = Load(urls[0], prefix, count=1000, concurrency=8, max_seconds=90, request_timeout=5, addresses=urls).start()
     try:
         load_.wait_completed(40)
         inject(compose)
         started = time.monotonic()
         answer = promote(compose, new_leader)
         assert answer["deposed"] == "leader"
-        load_.wait_completed(100)
+        load_.wait_acknowledged(20, started, term=answer["term"])
         heal(compose)
         wait_until(lambda: health(compose, "leader").get("role") == "follower", 60, "the old leader steps down")
+        load_.wait_acknowledged(20, time.monotonic())
     finally:
+        load_.stop()
         result = load_.join()
     began = time.monotonic()
     wait_until(lambda: converged(compose), 90, "every node converges")
