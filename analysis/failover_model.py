@@ -9,7 +9,7 @@ its tests. Times are seconds relative to the leader's SIGKILL (negative: before 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from node.core.coordination import Position, healthiest
@@ -155,32 +155,21 @@ def most_followers_down(table: list[dict], column: str = "elected") -> dict[int,
 # --- one run's row ----------------------------------------------------------------------------
 
 
-def first_event(events: list[dict], since: float, **match) -> float:
-    """Time of the first event at or after ``since`` whose fields equal ``match`` (NaN: none).
-    ``term_above`` matches events of a later term than that."""
-    term_above = match.pop("term_above", None)
-    for event in sorted(events, key=lambda e: e["t_s"]):
-        if event["t_s"] < since or any(event.get(k) != v for k, v in match.items()):
-            continue
-        if term_above is None or (event.get("term") or 0) > term_above:
-            return event["t_s"]
-    return math.nan
-
-
-def earliest(*times: float) -> float:
-    """The smallest of ``times`` that is not NaN (NaN when all are)."""
-    known = [t for t in times if not math.isnan(t)]
-    return min(known) if known else math.nan
+def first_event(events: list[dict], since: float, matches: Callable[[dict], bool]) -> float:
+    """Time of the first event at or after ``since`` that ``matches`` (NaN: none)."""
+    times = [e["t_s"] for e in events if e["t_s"] >= since and matches(e)]
+    return min(times) if times else math.nan
 
 
 def timings(events: list[dict], writes: list[dict], old_leader: str, old_term: int = 1) -> dict:
-    """The failover's milestones, in seconds after the kill: the leader key seen gone, a new
+    """The failover's milestones, in seconds after the kill: the leader key seen no longer
+    naming the old leader (gone, or already taken if a poll missed the moment between), a new
     term's leader seen leading, its first acknowledged write, the killed node answering again;
     and which of the lease's expiry or the restarted node released the key."""
-    key_free = first_event(events, 0.0, node="etcd", event="key", detail=None)
-    elected = first_event(events, 0.0, event="leads", term_above=old_term)
-    back = earliest(first_event(events, 0.0, node=old_leader, event="leads"),
-                    first_event(events, 0.0, node=old_leader, event="follows"))
+    key_free = first_event(events, 0.0, lambda e: e["node"] == "etcd" and e["event"] == "key"
+                           and e["detail"] != old_leader)
+    elected = first_event(events, 0.0, lambda e: e["event"] == "leads" and (e["term"] or 0) > old_term)
+    back = first_event(events, 0.0, lambda e: e["node"] == old_leader and e["event"] in ("leads", "follows"))
     first_ack = first_at_or_after([w["end_s"] for w in writes
                                    if w["outcome"] == ACKNOWLEDGED and (w["term"] or 0) > old_term], 0.0)
     freed_by = "old leader restarted" if back <= key_free else "lease expired"
@@ -197,7 +186,8 @@ def run_row(writes: list[dict], events: list[dict], fate: Fate, old_leader: str)
     gap = longest_gap([w["end_s"] for w in writes if w["outcome"] == ACKNOWLEDGED], 0.0,
                       max((w["end_s"] for w in writes), default=0.0), min((w["start_s"] for w in writes), default=0.0))
     return {"attempted": len(writes), **counts, "lost": len(fate.lost), "rolled_back": len(fate.rolled_back),
-            "rolled_back_acknowledged": len(fate.rolled_back_acknowledged), "rolled_back_kept": fate.rolled_back_kept, "rolled_back_unknown": rolled_unknown,
+            "rolled_back_acknowledged": len(fate.rolled_back_acknowledged),
+            "rolled_back_kept": fate.rolled_back_kept, "rolled_back_unknown": rolled_unknown,
             "unknown_applied": fate.unknown_applied, "refused_applied": len(fate.refused_applied),
             "unavailable_s": gap.length_s, "unavailable_from_s": gap.start_s, "unavailable_to_s": gap.end_s,
             "unavailable_censored": gap.censored, **timings(events, writes, old_leader)}

@@ -95,13 +95,14 @@ def ttl_line(ttl: int, g: pd.DataFrame) -> str:
     by_lease = g[g["key_freed_by"] == "lease expired"]
     within = int((by_lease["key_free_s"] <= ttl_s).sum())
     released = len(g) - len(by_lease)
+    expired = (f"the key expired {by_lease['key_free_s'].min():.2f}...{by_lease['key_free_s'].max():.2f} s after the "
+               f"kill, within one TTL in {within} of {len(by_lease)} runs" if len(by_lease) else "no key expired")
     return (f"- LEADER_TTL {ttl} ms: unavailable {g['unavailable_s'].mean():.2f} s on average "
             f"({g['unavailable_s'].mean() / ttl_s:.2f} × the TTL; {g['unavailable_s'].min():.2f}..."
             f"{g['unavailable_s'].max():.2f} s), of which {g['key_free_s'].mean():.2f} s until the key was gone, "
             f"{g['election_s'].mean():.2f} s of election and {g['elected_to_first_ack_s'].mean():.2f} s to the "
             f"first acknowledgment. The leader renews its lease every {renewal_interval_s(ttl_s):.2f} s or so, so "
-            f"at the kill less than one TTL was left: the key expired {by_lease['key_free_s'].min():.2f}..."
-            f"{by_lease['key_free_s'].max():.2f} s after the kill, within one TTL in {within} of {len(by_lease)} runs"
+            f"at the kill less than one TTL was left: {expired}"
             + (f"; in {released} run(s) the restarted old leader found its own key, stepped down and released it "
                f"before it expired" if released else "") + ".")
 
