@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from analysis.failover_model import most_followers_down
+from analysis.failover_run import WATCH_INTERVAL_S
 from analysis.report import md_table, sec
 from node.core.coordination import LeaderLease
 from node.core.terms import promise_quorum
@@ -70,10 +71,13 @@ leader of the new term, "elected → 1st ack" from then to its first acknowledge
 """
 
 
-def section_ttl(runs: pd.DataFrame, figures: dict) -> str:
-    lines = [ttl_line(ttl, g) for ttl, g in runs.groupby("ttl_ms")]
-    slope = ttl_slope(runs)
-    trend = (f"Each extra second of TTL added {slope:.2f} s of unavailability on average." if slope is not None else "")
+def section_ttl(runs: pd.DataFrame, figures: dict, followers: int) -> str:
+    alone = runs[runs["W"] <= followers - 1]  # W = N waits for the old leader too: next section
+    lines = [ttl_line(ttl, g) for ttl, g in alone.groupby("ttl_ms")]
+    slope = ttl_slope(alone)
+    trend = (f"Each extra second of TTL added {slope:.2f} s of unavailability on average; the election grows with "
+             f"it too ({election_trend(alone)}), since the followers look at the key once per coordinator cycle, "
+             f"a fixed fraction of the TTL." if slope is not None else "")
     return f"""## Unavailability is the TTL plus the election
 
 ![Unavailability per W and TTL]({figures['unavailability']})
@@ -81,11 +85,13 @@ def section_ttl(runs: pd.DataFrame, figures: dict) -> str:
 Nobody may take the leader's place while its key exists in etcd, and a SIGKILLed leader does not delete it:
 the key goes only when its lease, last renewed before the kill, runs out. Then a follower's next coordinator
 cycle finds it free, asks the others what they hold, races for the key and runs the promotion. So the time
-without a leader is the rest of the lease plus that election, and the lease dominates:
+without a leader is the rest of the lease plus that election, and the lease dominates. For W up to
+{followers - 1} (the new leader's {followers - 1} live followers are enough; W = {followers} is the next section):
 
 {chr(10).join(lines)}
 
-{trend}
+{trend} The watcher polls every {WATCH_INTERVAL_S * 1000:.0f} ms, so each phase carries about that much
+uncertainty (a first acknowledgment can even be seen before the poll that shows its leader).
 """
 
 
@@ -94,15 +100,19 @@ def ttl_line(ttl: int, g: pd.DataFrame) -> str:
     ttl_s = ttl / 1000
     by_lease = g[g["key_freed_by"] == "lease expired"]
     within = int((by_lease["key_free_s"] <= ttl_s).sum())
+    late = by_lease["key_free_s"].max() - ttl_s
     released = len(g) - len(by_lease)
-    expired = (f"the key expired {by_lease['key_free_s'].min():.2f}...{by_lease['key_free_s'].max():.2f} s after the "
-               f"kill, within one TTL in {within} of {len(by_lease)} runs" if len(by_lease) else "no key expired")
+    expired = (f"the key went {by_lease['key_free_s'].min():.2f}...{by_lease['key_free_s'].max():.2f} s after the kill "
+               f"({by_lease['key_free_s'].min() / ttl_s:.2f}...{by_lease['key_free_s'].max() / ttl_s:.2f} × the TTL), "
+               f"within one TTL in {within} of {len(by_lease)} runs" if len(by_lease) else "no key expired")
+    if len(by_lease) and within < len(by_lease):
+        expired += f" and at most {late:.2f} s later in the others (etcd drops expired leases on a periodic check)"
     return (f"- LEADER_TTL {ttl} ms: unavailable {g['unavailable_s'].mean():.2f} s on average "
             f"({g['unavailable_s'].mean() / ttl_s:.2f} × the TTL; {g['unavailable_s'].min():.2f}..."
             f"{g['unavailable_s'].max():.2f} s), of which {g['key_free_s'].mean():.2f} s until the key was gone, "
             f"{g['election_s'].mean():.2f} s of election and {g['elected_to_first_ack_s'].mean():.2f} s to the "
-            f"first acknowledgment. The leader renews its lease every {renewal_interval_s(ttl_s):.2f} s or so, so "
-            f"at the kill less than one TTL was left: {expired}"
+            f"first acknowledgment. The leader renews its lease once {renewal_interval_s(ttl_s):.2f} s (a third of "
+            f"the TTL) have passed, at its next coordinator cycle, so at the kill less than one TTL was left: {expired}"
             + (f"; in {released} run(s) the restarted old leader found its own key, stepped down and released it "
                f"before it expired" if released else "") + ".")
 
@@ -114,21 +124,38 @@ def ttl_slope(runs: pd.DataFrame) -> float | None:
     return (means.iloc[-1] - means.iloc[0]) / ((means.index[-1] - means.index[0]) / 1000)
 
 
+def election_trend(runs: pd.DataFrame) -> str:
+    means = runs.groupby("ttl_ms")["election_s"].mean()
+    return ", ".join(f"{v:.2f} s at {ttl} ms" for ttl, v in means.items())
+
+
 def section_quorum(runs: pd.DataFrame, followers: int) -> str:
-    rows = []
-    for w, g in runs.groupby("W"):
-        waits = g["first_ack_s"] >= g["old_leader_back_s"]
-        needs_old = w > followers - 1
-        rows.append(f"- W = {w}: the new leader's first acknowledgment came {g['elected_to_first_ack_s'].mean():.2f} s "
-                    f"after its election; " + (
-                        f"it has only {followers - 1} live followers until the old leader rejoins, so it cannot reach "
-                        f"W = {w}: in {int(waits.sum())} of {len(g)} runs the first acknowledgment came after the "
-                        f"old leader answered again ({g['old_leader_back_s'].mean():.2f} s after the kill on average)."
-                        if needs_old else f"its {followers - 1} live followers are enough for W = {w}."))
+    rows = [quorum_line(w, g, followers) for w, g in runs.groupby("W")]
     return f"""## What W changes
+
+The election does not depend on W as long as enough followers answer; what W changes is how soon the new
+leader can acknowledge, since it must find W live followers of its own:
 
 {chr(10).join(rows)}
 """
+
+
+def quorum_line(w: int, g: pd.DataFrame, followers: int) -> str:
+    line = (f"- W = {w}: the new leader's first acknowledgment came {g['elected_to_first_ack_s'].mean():.2f} s after "
+            f"its election on average; ")
+    if w <= followers - 1:
+        return line + f"its {followers - 1} live followers are enough for W = {w}."
+    parts = []
+    for ttl, t in g.groupby("ttl_ms"):
+        late = t[t["old_leader_back_s"] > t["elected_s"]]
+        after = late[late["first_ack_s"] >= late["old_leader_back_s"]]
+        wait = (after["first_ack_s"] - after["old_leader_back_s"]).mean()
+        parts.append(f"at TTL {ttl} ms the old leader was back only after the election in {len(late)} of {len(t)} "
+                     f"runs, and in {len(after)} of those the first acknowledgment came after it answered again"
+                     + (f" ({wait:.2f} s after, on average)" if len(after) else "")
+                     + f" (elected → first acknowledgment {t['elected_to_first_ack_s'].mean():.2f} s)")
+    return line + (f"it has only {followers - 1} live followers until the old leader rejoins, so it cannot reach "
+                   f"W = {w} before: " + "; ".join(parts) + ".")
 
 
 def section_lost(runs: pd.DataFrame, quorums: list[int], followers: int) -> str:
@@ -224,7 +251,7 @@ def write_report(out: str, frames: dict[str, pd.DataFrame], demonstration: dict 
     meta = {**meta, "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     followers = meta["followers"]
     text = "\n".join([
-        section_setup(meta, runs), section_results(per_setting(runs)), section_ttl(runs, figures),
+        section_setup(meta, runs), section_results(per_setting(runs)), section_ttl(runs, figures, followers),
         f"![Timeline of one failover]({figures['timeline']})\n", section_quorum(runs, followers),
         section_lost(runs, meta["quorums"], followers), section_rollback(runs),
         section_possibility(frames["possibility"], demonstration, followers),

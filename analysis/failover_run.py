@@ -256,8 +256,8 @@ async def write_through_the_failover(cluster: LocalCluster, watcher: Watcher, se
         await asyncio.sleep(settings.before_s)
         await until(lambda: writers.acknowledged_since(record.started_at), 30, "the first leader acknowledges writes")
         old_pid = cluster.pid(OLD_LEADER)
-        record.kill_at = time.monotonic()
         await asyncio.to_thread(cluster.kill, OLD_LEADER)
+        record.kill_at = time.monotonic()  # the process has exited: it sends nothing more
         record.events.append({"at": record.kill_at, "node": OLD_LEADER, "event": "killed", "term": None,
                               "detail": "SIGKILL"})
         restarting = asyncio.ensure_future(asyncio.to_thread(cluster.wait_restarted, OLD_LEADER, old_pid,
