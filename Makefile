@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down clean logs ps test unit run analysis bench lint venv promote status etcd-server
+.PHONY: up down clean logs ps test unit run analysis bench failover-study lint venv promote status etcd-server
 
 ## Docker Compose cluster: prepares the base image and wheels when missing, builds, waits healthy.
 up:
@@ -78,6 +78,11 @@ bench: $(STAMP)
 		$(PY) -m analysis.bench --etcd --quorums 3 --clients 1 10 100 --pairs 2 --no-baseline; \
 	else echo "no etcd on PATH: no etcd yardstick (apt-get install etcd-server)" >&2; fi
 	$(PY) -m analysis.bench --mode delays
+
+## Failover study on local processes with etcd (see python -m analysis.failover --help): the leader
+## SIGKILLed under load for W = 1..5 and LEADER_TTL 2000/4000 ms; results in analysis/results/failover/.
+failover-study: $(STAMP) etcd-server
+	$(PY) -m analysis.failover
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
