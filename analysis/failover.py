@@ -51,8 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--before", type=float, default=2.0, metavar="S", help="seconds of writes before the kill")
     p.add_argument("--after", type=float, default=2.0, metavar="S",
                    help="seconds of writes after the new leader's first acknowledgment (default: %(default)s)")
-    p.add_argument("--restart-delay", type=float, default=3.0, metavar="S",
-                   help="the supervisor starts the killed leader again after this long (default: %(default)s)")
+    p.add_argument("--restart-delay", type=float, default=None, metavar="S",
+                   help="the supervisor starts the killed leader again after this long (default: LEADER_TTL + 1 s, "
+                        "so its lease has run out and a follower takes over; a leader back within its lease takes "
+                        "its key back and no failover happens)")
     p.add_argument("--max-delay", type=int, default=100, metavar="MS",
                    help="MAX_DELAY of the simulated replication lag, MIN_DELAY being 0 (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=10, help="writes in flight (default: %(default)s)")
@@ -75,7 +77,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for name in ("repeats", "concurrency", "keys"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if min(args.before, args.after, args.restart_delay, args.max_delay) < 0:
+    if min(args.before, args.after, args.restart_delay or 0, args.max_delay) < 0:
         parser.error("--before, --after, --restart-delay and --max-delay must not be negative")
 
 
@@ -92,9 +94,13 @@ def free_block(count: int = PORTS) -> int:
     raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
+def restart_delay_s(args: argparse.Namespace, ttl_ms: int) -> float:
+    return args.restart_delay if args.restart_delay is not None else ttl_ms / 1000 + 1.0
+
+
 def settings_of(args: argparse.Namespace, quorum: int, ttl: int, repeat: int) -> RunSettings:
     return RunSettings(quorum, ttl, repeat, before_s=args.before, after_s=args.after,
-                       restart_delay_s=args.restart_delay, concurrency=args.concurrency, keys=args.keys,
+                       restart_delay_s=restart_delay_s(args, ttl), concurrency=args.concurrency, keys=args.keys,
                        max_delay_ms=args.max_delay, seed=args.seed)
 
 

@@ -44,7 +44,7 @@ automatic failover (etcd as the coordinator), W = {', '.join(map(str, meta['quor
 {meta['concurrency']} writers keep writing unique values over {meta['keys']} keys through `node.client`
 (replication lag drawn in 0..{meta['max_delay_ms']} ms, WRITE_TIMEOUT {meta['write_timeout_ms']} ms);
 after {meta['before_s']:g} s the leader is SIGKILLed, the supervisor starts it again
-{meta['restart_delay_s']:g} s later, and the writes go on until a new leader has acknowledged writes for
+{restart_delay(meta)} later, and the writes go on until a new leader has acknowledged writes for
 {meta['after_s']:g} s. Then the cluster converges and the history is checked. The whole study took
 {meta['wall_s']:.0f} s on {meta['cpus']} CPUs.
 
@@ -93,6 +93,12 @@ without a leader is the rest of the lease plus that election, and the lease domi
 {trend} The watcher polls every {WATCH_INTERVAL_S * 1000:.0f} ms, so each phase carries about that much
 uncertainty (a first acknowledgment can even be seen before the poll that shows its leader).
 """
+
+
+def restart_delay(meta: dict) -> str:
+    """The supervisor's delay: given, or by default one second past the run's LEADER_TTL."""
+    given = meta.get("restart_delay_s")
+    return f"{given:g} s" if given is not None else "LEADER_TTL + 1 s (once its lease has run out)"
 
 
 def ttl_line(ttl: int, g: pd.DataFrame) -> str:
