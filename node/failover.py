@@ -287,13 +287,15 @@ class Coordinator:
     async def promote_by_hand(self) -> dict:
         """``POST /admin/promote`` with a coordinator: through the same lock."""
         async with self._cycle_lock:
+            answers = await self._positions()
+            # Read the key after the dry run, which can take seconds (a paused node answers
+            # nobody): a paused leader's key may have expired meanwhile.
             await self._read_etcd()
             if not self.reachable:
                 raise ApiError(503, "etcd is unreachable: a promotion needs the leader key; try again when it is back")
             # A key held by another node is a planned switchover: the key moves to this node in
             # the next term, and the promotion's promises (the old leader's among them) fence it.
             from_holder = self.holder if self.holder not in (None, self.node.config.node_id) else None
-            answers = await self._positions()
             known = max([self.node.state.term] + [a["term"] for a in answers])
             summary = await self._race(known, self.clock(), from_holder=from_holder)
             if summary is None:
