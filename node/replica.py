@@ -402,10 +402,20 @@ class Promotion:
                 return ConnectionRefusedError(f"HTTP {response.code}")
         return codec.loads(response.body)
 
-    async def _ask_all(self, body: dict) -> dict[str, dict | Exception]:
+    async def _ask_all(self, body: dict, not_waiting_for: str | None = None) -> dict[str, dict | Exception]:
+        """Every other node's answer. ``not_waiting_for`` (the leader being replaced) is asked
+        too, but not waited for: it does not count towards any quorum, and a paused one would
+        hold every round up for the whole timeout."""
         others = self.config.others()
-        answers = await asyncio.gather(*(self._ask(address, body) for _, address in others))
-        return {node_id: answer for (node_id, _), answer in zip(others, answers)}
+        asked = {node_id: asyncio.ensure_future(self._ask(address, body)) for node_id, address in others}
+        await asyncio.gather(*(task for node_id, task in asked.items() if node_id != not_waiting_for))
+        answers: dict[str, dict | Exception] = {}
+        for node_id, task in asked.items():
+            if not task.done():
+                task.cancel()
+            answers[node_id] = task.result() if task.done() and not task.cancelled() else \
+                TimeoutError(f"{node_id} was not waited for: it led the term being replaced")
+        return answers
 
     def _electorate(self, answers: dict[str, dict | Exception]) -> tuple[str | None, list[str]]:
         """The deposed leader (of the newest history known) and the followers of its configuration."""
@@ -426,7 +436,7 @@ class Promotion:
 
     async def _run(self, started: float, given_term: int | None) -> dict:
         node, me = self.node, self.config.node_id
-        probes = await self._ask_all({"candidate": me, "dry_run": True})
+        probes = await self._ask_all({"candidate": me, "dry_run": True}, last_leader(node.state.history))
         deposed, electorate = self._electorate(probes)
         needed = promise_quorum(len(electorate), self.config.write_quorum)
         reachable = [n for n in electorate if n == me or isinstance(probes.get(n), dict)]
@@ -438,7 +448,7 @@ class Promotion:
         term = given_term or known + 1
         async with node._transition:
             await node._save(node.state.promise(term, me))
-        promises = await self._ask_all({"candidate": me, "term": term})
+        promises = await self._ask_all({"candidate": me, "term": term}, deposed)
         granted = [n for n in electorate if n == me or isinstance(promises.get(n), dict)]
         if len(granted) < needed:
             raise self._refuse("promised", granted, needed, electorate, promises)

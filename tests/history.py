@@ -157,9 +157,13 @@ class Load:
                 remaining = deadline - time.monotonic()
                 if not self._thread.is_alive() or remaining <= 0:
                     got = self.acknowledged_since(since, term)
+                    ended = "the load ended" if not self._thread.is_alive() else f"{timeout} s passed"
+                    late = [op for op in list(self.result.ops) if op.finished_at and op.finished_at > since]
+                    errors = sorted({(op.error or "")[:160] for op in late if op.status != "ok"})[:3]
                     raise AssertionError(f"{got} of {n} writes acknowledged after the mark"
-                                         f"{f' in term {term}' if term else ''} before the load ended or "
-                                         f"{timeout} s passed")
+                                         f"{f' in term {term}' if term else ''}: {ended} ({len(self.result.ops)} "
+                                         f"of at most {self.count} attempted, {len(late)} finished since the mark; "
+                                         f"their errors: {errors})")
                 self._progress.wait(min(remaining, 0.5))
 
     def stop(self) -> None:
