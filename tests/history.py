@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from node.client import Client, WriteResult
 
 UNREACHABLE_BACKOFF_S = 0.25
+REFUSED_BACKOFF_S = 0.1
 # While no leader is reachable a write gives up after this long ("fail": it was never sent),
 # so a bounded load keeps producing outcomes through a leader outage instead of each write
 # waiting out its whole request timeout.
@@ -126,10 +127,11 @@ class Load:
             record_result(op, result)
             with self._progress:
                 self._progress.notify_all()
-            if result.code is None and result.status != "ok":
-                # No node answered: back off like a real client, instead of burning the whole
-                # bounded load in a few milliseconds.
-                await asyncio.sleep(UNREACHABLE_BACKOFF_S)
+            if result.status != "ok":
+                # No node answered, or a node refused at once (no leader yet, a lease run out):
+                # back off like a real client, instead of burning the whole bounded load in a
+                # few milliseconds.
+                await asyncio.sleep(UNREACHABLE_BACKOFF_S if result.code is None else REFUSED_BACKOFF_S)
 
     def wait_completed(self, n: int, timeout: float = 60.0) -> None:
         """Block until at least ``n`` operations have an outcome (or the load ended)."""

@@ -106,7 +106,7 @@ def run_case(compose, tmp_path, name, inject, heal, expect_new_leader=True, writ
     term_before = health(compose, old)["term"]
     prefix = f"auto-{uuid.uuid4().hex[:6]}-"
     urls = [compose.url(old)] + [compose.url(s) for s in SERVICES if s != old]
-    load_ = Load(urls[0], prefix, count=1000, concurrency=8, max_seconds=100, request_timeout=5, addresses=urls).start()
+    load_ = Load(urls[0], prefix, count=3000, concurrency=8, max_seconds=100, request_timeout=5, addresses=urls).start()
     try:
         load_.wait_completed(40)
         injected = time.monotonic()

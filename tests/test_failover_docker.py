@@ -134,7 +134,7 @@ def test_failover_under_load_loses_no_acknowledged_write(compose, tmp_path, quor
     urls = [compose.url(s) for s in SERVICES]
     # The count only bounds the load: it runs until the new term has acknowledged writes and the
     # old leader has rejoined, however fast the machine is.
-    load_ = Load(urls[0], prefix, count=1000, concurrency=8, max_seconds=90, request_timeout=5, addresses=urls).start()
+    load_ = Load(urls[0], prefix, count=3000, concurrency=8, max_seconds=90, request_timeout=5, addresses=urls).start()
     try:
         load_.wait_completed(40)
         inject(compose)
