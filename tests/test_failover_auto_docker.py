@@ -24,7 +24,8 @@ from tests.history import Load, check, record
 from tests.net import http
 from tests.test_failover_docker import converged, health, promote, rolled_back, states, wait_until
 
-pytestmark = pytest.mark.docker
+# A case waits out one or two leases and each quorum change recreates six containers.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
 
 TTL_S = 2.0
 AUTO = {"FAILOVER": "auto", "LEADER_TTL": str(int(TTL_S * 1000))}
