@@ -22,8 +22,10 @@ then timed out may have been applied: it is repeated elsewhere only when repeati
 (reads, puts of the same value, deletes, keepalives); :meth:`EtcdClient.create_leader` then
 raises :class:`EtcdError` saying the outcome is unknown (read the leader key to find out).
 
-There is no watch: the gateway serves watches as a long-lived streamed response, which a
-polling ``get`` every cycle (as Patroni's loop does between watches) makes unnecessary for now.
+Watches: :meth:`EtcdClient.watch` keeps one streamed ``/v3/watch`` response open on the
+endpoint that answered last and calls back on every change of a key, as Patroni's etcd3 module
+wakes its loop; the caller reads the key again then (a watch that breaks loses nothing: the
+next read sees the current value).
 """
 
 from __future__ import annotations
@@ -267,6 +269,38 @@ class EtcdClient:
             raise EtcdError(f"term key {stored.key!r} holds {stored.value[:40]!r}, not a number: put the highest "
                             f"term any node has seen there (etcdctl put {stored.key} N)") from None
 
+    # -- watches -------------------------------------------------------------------------
+
+    async def watch(self, key: str, on_change, duration_s: float = 60.0) -> None:
+        """Call ``on_change()`` once the watch on ``key`` is in place (so the caller reads it
+        again: nothing between its last read and now is missed) and after every change of it,
+        for ``duration_s`` (then it returns; call it again). :class:`EtcdError` when the stream
+        cannot be opened or breaks early."""
+        endpoint = self.current_endpoint
+        lines = _LineBuffer()
+
+        def chunk(data: bytes) -> None:
+            for message in lines.feed(data):
+                result = message.get("result", {}) if isinstance(message, dict) else {}
+                if result.get("created") or result.get("events"):
+                    on_change()
+
+        body = {"create_request": {"key": b64(key)}}
+        request = HTTPRequest(endpoint + "/v3/watch", method="POST", body=json.dumps(body),
+                              headers={"Content-Type": "application/json"}, streaming_callback=chunk,
+                              connect_timeout=self.timeout, request_timeout=duration_s)
+        started = time.monotonic()
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except Exception as err:  # noqa: BLE001 - the stream's end: a timeout is the normal one
+            if time.monotonic() - started >= duration_s * 0.9:
+                return
+            self._current = (self.endpoints.index(endpoint) + 1) % len(self.endpoints)
+            raise EtcdError(f"watch on {endpoint}: {describe(err)}") from None
+        if response.code != 200:
+            self._current = (self.endpoints.index(endpoint) + 1) % len(self.endpoints)
+            raise EtcdError(f"watch on {endpoint} answered {response.code}")
+
     # -- members -------------------------------------------------------------------------
 
     async def status(self, timeout: float | None = None) -> list[EndpointStatus]:
@@ -339,6 +373,24 @@ class EtcdClient:
         if code == GRPC_UNAVAILABLE or response.code == 503:
             raise EtcdUnavailable(text)
         raise EtcdError(text)
+
+
+class _LineBuffer:
+    """The gateway streams one JSON object per line; chunks split them anywhere."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list:
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        messages = []
+        for line in complete:
+            try:
+                messages.append(json.loads(line))
+            except ValueError:
+                continue  # not a message (the gateway sends none such): skip, keep the stream
+        return messages
 
 
 def describe(err: Exception) -> str:

@@ -1,8 +1,9 @@
 """Automatic failover with etcd as the coordinator, the way Patroni runs PostgreSQL.
 
-Every ``LEADER_TTL / 4`` each node runs one cycle: read the leader key (and the pause key)
-from etcd, let ``node.core.coordination.decide`` pick one action, do it, and keep the sentence
-that says why (``/status`` shows it). The leader key names the leader and is bound to a
+Every ``LEADER_TTL / 4``, and at once when a watch sees the leader key change, each node
+runs one cycle: read the leader key (and the pause key) from etcd, let
+``node.core.coordination.decide`` pick one action, do it, and keep the sentence that says why
+(``/status`` shows it). The leader key names the leader and is bound to a
 lease of ``LEADER_TTL``:
 
 - the leader renews the lease every third of the TTL; if it cannot, it stops acknowledging
@@ -33,6 +34,8 @@ from node.validation import ApiError
 
 log = logging.getLogger(__name__)
 
+WATCH_DURATION_S = 60.0  # one watch stream's life; then it is opened again
+
 
 class Coordinator:
     def __init__(self, node, etcd: EtcdClient, clock=time.monotonic) -> None:
@@ -54,23 +57,51 @@ class Coordinator:
         self._leaderless_since: float | None = None
         self.background = TaskGroup("coordinator")
         self._stopped = asyncio.Event()
+        self._woken = asyncio.Event()  # set by the leader key's watch
+        self.members: list[dict] = []  # each etcd endpoint: does it answer (every LEADER_TTL)
         self._cycle_lock = asyncio.Lock()
 
     # --- the loop -------------------------------------------------------------------------
 
     def start(self) -> None:
         self.background.spawn(self._run())
+        self.background.spawn(self._watch())
+        self.background.spawn(self._check_members())
 
     async def _run(self) -> None:
         while not self._stopped.is_set():
+            self._woken.clear()
             try:
                 await self.cycle()
             except Exception:  # noqa: BLE001 - one bad cycle must not end failover
                 log.exception("coordinator cycle failed")
+            await self._sleep(self._next_cycle_in())
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until the next cycle is due, the watch saw the leader key change, or close()."""
+        waits = [asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(self._woken.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _watch(self) -> None:
+        """Watch the leader key and run a cycle as soon as it changes (a dead leader's key
+        expiring, a switchover), instead of at the next quarter of the TTL; a broken watch is
+        opened again after a quarter of the TTL, the cycles going on meanwhile."""
+        while not self._stopped.is_set():
             try:
-                await asyncio.wait_for(self._stopped.wait(), self._next_cycle_in())
-            except asyncio.TimeoutError:
-                pass
+                await self.etcd.watch(self.leader_key, self._woken.set, duration_s=WATCH_DURATION_S)
+            except EtcdError as exc:
+                log.debug("leader key watch: %s", exc)
+                await self._sleep_unwoken(self.ttl_s / 4)
+
+    async def _sleep_unwoken(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     def _next_cycle_in(self) -> float:
         """A quarter of the TTL, or sooner when the lease's renewal falls due (every third of
@@ -79,6 +110,17 @@ class Coordinator:
         if due is None:
             return self.ttl_s / 4
         return max(0.0, min(self.ttl_s / 4, due - self.clock()))
+
+    async def _check_members(self) -> None:
+        """Every LEADER_TTL: which etcd endpoints answer (for /status), off the cycle's path."""
+        while not self._stopped.is_set():
+            try:
+                found = await self.etcd.status(timeout=min(1.0, self.ttl_s / 4))
+                self.members = [{"endpoint": m.endpoint, "reachable": m.ok, "has_leader": bool(m.leader),
+                                 **({"error": m.error} if m.error else {})} for m in found]
+            except Exception as exc:  # noqa: BLE001 - /status keeps the last answer
+                log.debug("etcd member status: %s", exc)
+            await self._sleep_unwoken(self.ttl_s)
 
     async def cycle(self) -> Decision:
         """Read etcd, decide one thing, do it."""
@@ -317,7 +359,8 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return {"mode": self.node.config.failover, "paused": self.paused, "etcd_endpoints": list(self.etcd.endpoints),
-                "etcd_reachable": self.reachable, "etcd_endpoint": self.etcd.current_endpoint, "leader_key_holder": self.holder,
+                "etcd_reachable": self.reachable, "etcd_endpoint": self.etcd.current_endpoint,
+                "etcd_members": self.members, "leader_key_holder": self.holder,
                 "lease_ttl_s": self.ttl_s, "lease_remaining_s": round(self.lease.remaining(self.clock()), 2),
                 "last_decision": self.last_decision, "last_failover": self.last_failover}
 

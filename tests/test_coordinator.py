@@ -10,7 +10,7 @@ import pytest
 
 from node.etcd import EtcdClient
 from node.failover import Coordinator
-from tests.test_etcd import etcd, etcd_server  # noqa: F401 - fixtures
+from tests.test_etcd import etcd, etcd_server, refused_endpoint, until  # noqa: F401 - fixtures
 
 TTL_MS = 2000
 
@@ -59,3 +59,37 @@ def test_the_next_cycle_comes_when_the_renewal_falls_due_not_a_quarter_later():
     now[0] = 101.0
     assert coordinator._next_cycle_in() == 0.0  # overdue: at once
     coordinator.etcd.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_watch_wakes_the_cycle_when_the_leader_key_changes(etcd, etcd_server, request):  # noqa: F811
+    prefix = f"/{request.node.name}"
+    coordinator = Coordinator(SlowNode(prefix, 0), EtcdClient(etcd_server.endpoints))
+    watching = asyncio.ensure_future(coordinator._watch())
+    try:
+        await asyncio.wait_for(coordinator._woken.wait(), 5)  # the watch is in place
+        coordinator._woken.clear()
+        await etcd.put(prefix + "/leader", "leader")
+        await asyncio.wait_for(coordinator._woken.wait(), 5)
+        coordinator._woken.clear()
+        await etcd.delete(prefix + "/leader")  # a lease running out deletes the key the same way
+        await asyncio.wait_for(coordinator._woken.wait(), 5)
+    finally:
+        watching.cancel()
+        coordinator.etcd.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_status_says_which_etcd_endpoints_answer(etcd_server, request):  # noqa: F811
+    dead = refused_endpoint()
+    coordinator = Coordinator(SlowNode(f"/{request.node.name}", 0), EtcdClient(etcd_server.endpoints + [dead]))
+    checking = asyncio.ensure_future(coordinator._check_members())
+    try:
+        await until(lambda: coordinator.members)
+        members = {m["endpoint"]: m for m in coordinator.status()["etcd_members"]}
+        live = members[etcd_server.endpoints[0]]
+        assert live["reachable"] and live["has_leader"] and "error" not in live
+        assert not members[dead]["reachable"] and members[dead]["error"]
+    finally:
+        checking.cancel()
+        coordinator.etcd.close()

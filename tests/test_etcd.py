@@ -221,6 +221,41 @@ async def test_get_prefix_reads_every_key_under_it_and_nothing_else(etcd, keys):
     assert await etcd.get_prefix(base + "/nothing/") == {}
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_watch_calls_back_once_in_place_and_on_every_change_of_its_key_only(etcd, keys):
+    key, other = keys
+    calls = []
+    watching = asyncio.ensure_future(etcd.watch(key, lambda: calls.append(1), duration_s=10))
+    await until(lambda: len(calls) == 1)  # in place: the caller reads the key again
+    await etcd.put(key, "a")
+    await until(lambda: len(calls) == 2)
+    await etcd.put(other, "not watched")
+    await etcd.delete(key)  # what a lease running out does
+    await until(lambda: len(calls) == 3)
+    assert len(calls) == 3  # the other key's put called nothing
+    watching.cancel()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_watch_returns_when_its_duration_is_over_and_fails_on_a_dead_endpoint(io_loop, etcd_server, keys):
+    client = EtcdClient([refused_endpoint()] + etcd_server.endpoints)
+    try:
+        with pytest.raises(EtcdError, match="watch on"):
+            await client.watch(keys[0], lambda: None, duration_s=5)
+        started = time.monotonic()
+        await client.watch(keys[0], lambda: None, duration_s=1)  # the next endpoint: the live one
+        assert 0.8 < time.monotonic() - started < 3
+    finally:
+        client.close()
+
+
 @pytest.mark.gen_test
 async def test_a_term_key_that_is_not_a_number_is_an_error_saying_what_to_do(etcd, keys):
     leader_key, term_key = keys
