@@ -20,9 +20,10 @@ import pytest
 from node.admin import COMPOSE_SECRET, call
 from node.compose import ETCD_SERVICES, SERVICES
 from node.logtool import compare_logs
+from tests.failover_support import converged, failover_status, health, leader_now, states, wait_until
 from tests.history import Load, check, record
 from tests.net import http
-from tests.test_failover_docker import converged, health, promote, rolled_back, states, wait_until
+from tests.test_failover_docker import promote, rolled_back
 
 # A case waits out one or two leases and each quorum change recreates six containers.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
@@ -32,14 +33,6 @@ AUTO = {"FAILOVER": "auto", "LEADER_TTL": str(int(TTL_S * 1000))}
 SUITE = {"FAILOVER": "manual", "WRITE_QUORUM": "2"}
 
 
-def leader_now(compose, among=SERVICES):
-    """The one node that answers as leader, or None (none, or more than one)."""
-    found = [s for s in among if health(compose, s).get("role") == "leader"]
-    return found[0] if len(found) == 1 else None
-
-
-def failover_status(compose, service):
-    return call("GET", compose.url(service) + "/status", timeout=5)[1]["failover"]
 
 
 def holds_key(compose, service):

@@ -18,6 +18,7 @@ from node.admin import COMPOSE_SECRET, call
 from node.compose import SERVICES
 from node.log import read_log
 from node.logtool import compare_logs
+from tests.failover_support import converged, health, states, wait_until
 from tests.history import Load, check, record
 
 pytestmark = pytest.mark.docker
@@ -36,31 +37,8 @@ def promote(compose, service, attempts=3):
     return answer
 
 
-def health(compose, service):
-    try:
-        return call("GET", compose.url(service) + "/health", timeout=5)[1]
-    except OSError:
-        return {}
 
 
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.1)
-
-
-def states(compose):
-    return {s: call("GET", compose.url(s) + "/all", timeout=5)[1] for s in SERVICES}
-
-
-def converged(compose):
-    try:
-        found = states(compose)
-    except OSError:
-        return False
-    first = found["leader"]
-    return all(s["data"] == first["data"] and s["applied_seq"] == first["applied_seq"] for s in found.values())
 
 
 def rolled_back(compose, tmp_path, prefix):

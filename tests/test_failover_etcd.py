@@ -12,8 +12,9 @@ import pytest
 
 from node.admin import call
 from node.etcd_local import etcd_binary, start_etcd
+from tests.failover_support import NAMES, converged, failover_status, health, leader_now, states, wait_until
 from tests.history import check, record
-from tests.test_failover_local import NAMES, SECRET, converged, health, rolled_back_entries, run_load, states, wait_until
+from tests.test_failover_local import SECRET, rolled_back_entries, run_load
 from tests.test_faults_local import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -37,13 +38,6 @@ def coordinated(tmp_path, etcd, **settings):
                    ETCD_PREFIX=f"/kv-{uuid.uuid4().hex[:8]}", **settings)
 
 
-def failover_status(cluster, name):
-    return call("GET", cluster.url(name) + "/status", timeout=5)[1]["failover"]
-
-
-def leader_now(cluster, alive):
-    found = [n for n in alive if health(cluster, n).get("role") == "leader"]
-    return found[0] if len(found) == 1 else None
 
 
 def wait_for_key(cluster, name):

@@ -13,6 +13,7 @@ import pytest
 from node.admin import call
 from node.log import read_log
 from node.logtool import compare_logs
+from tests.failover_support import converged, health, states, wait_until
 from tests.history import Load, check, record
 from tests.test_faults_local import NAMES, Cluster
 
@@ -27,25 +28,8 @@ def promote(cluster, name):
     return answer
 
 
-def health(cluster, name):
-    return call("GET", cluster.url(name) + "/health", timeout=5)[1]
 
 
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.05)
-
-
-def states(cluster):
-    return {n: call("GET", cluster.url(n) + "/all", timeout=5)[1] for n in NAMES}
-
-
-def converged(cluster):
-    found = states(cluster)
-    first = found[NAMES[0]]
-    return all(s["data"] == first["data"] and s["applied_seq"] == first["applied_seq"] for s in found.values())
 
 
 def rolled_back_entries(cluster):
@@ -107,7 +91,7 @@ def test_leader_sigkilled_then_a_follower_promoted_loses_no_acknowledged_write(t
                 cluster.restart("leader")
         finally:
             result = load_.join()
-        wait_until(lambda: health(cluster, "leader")["role"] == "follower", 30, "the old leader follows")
+        wait_until(lambda: health(cluster, "leader").get("role") == "follower", 30, "the old leader follows")
         verdict, _ = settle(cluster, f"SIGKILL leader, promote (W={quorum})", result, prefix, "follower3", started)
         assert any(op.status == "ok" and op.term == 2 for op in result.ops), "the new leader acknowledged nothing"
         assert verdict.ok > 0
@@ -127,7 +111,7 @@ def test_a_paused_leader_cannot_acknowledge_after_a_promotion_and_rolls_back(tmp
             promote(cluster, "follower2")
             load_.wait_completed(120)
             cluster.resume("leader")  # it serves what was queued while paused, in term 1
-            wait_until(lambda: health(cluster, "leader")["role"] == "follower", 30, "the old leader steps down")
+            wait_until(lambda: health(cluster, "leader").get("role") == "follower", 30, "the old leader steps down")
         finally:
             result = load_.join()
         verdict, rolled = settle(cluster, "SIGSTOP leader, promote, SIGCONT", result, prefix, "follower2", started)
@@ -153,7 +137,7 @@ def test_a_whole_cluster_restart_after_a_failover_keeps_the_new_leader(tmp_path)
         cluster.start()
         for n in NAMES:
             wait_until(lambda n=n: health(cluster, n)["leader_id"] == "follower4", 30, f"{n} knows the leader")
-        assert health(cluster, "follower4")["role"] == "leader" and health(cluster, "leader")["role"] == "follower"
+        assert health(cluster, "follower4")["role"] == "leader" and health(cluster, "leader").get("role") == "follower"
         assert _write(cluster, "follower4", "c", 1)[1]["term"] == 2
         code, answer = _write(cluster, "leader", "d", 1)
         assert code == 421 and answer["leader_id"] == "follower4"
