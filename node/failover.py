@@ -309,8 +309,7 @@ class Coordinator:
 
         promotion = Promotion(self.node)
         try:
-            found = await promotion._ask_all({"candidate": self.node.config.node_id, "dry_run": True},
-                                             last_leader(self.node.state.history))
+            found = await promotion.probe()
         finally:
             promotion.client.close()
         return [a for a in found.values() if isinstance(a, dict)]

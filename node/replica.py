@@ -235,9 +235,6 @@ class Replica:
                     self.state = TermState(best["term"], self.state.voted_for if best["term"] == self.state.term else None,
                                            best["node_id"], self.state.history)
 
-    def check_term(self, term: int) -> None:
-        self.state.check(term)
-
     # --- the handlers' API ----------------------------------------------------------------
 
     async def write(self, op: str, key: str | None, value: Any = None):
@@ -434,9 +431,15 @@ class Promotion:
                  f"a majority). Bring more followers back, then try again",
             answered=len(granted), needed=needed, granted=granted, unreachable=missing, stage=stage)
 
+    async def probe(self) -> dict[str, dict | Exception]:
+        """Step 1, the dry run: what every other node holds (or why it did not answer); nothing
+        changes anywhere. The coordinator's healthiest check asks the same."""
+        return await self._ask_all({"candidate": self.config.node_id, "dry_run": True},
+                                   last_leader(self.node.state.history))
+
     async def _run(self, started: float, given_term: int | None) -> dict:
         node, me = self.node, self.config.node_id
-        probes = await self._ask_all({"candidate": me, "dry_run": True}, last_leader(node.state.history))
+        probes = await self.probe()
         deposed, electorate = self._electorate(probes)
         needed = promise_quorum(len(electorate), self.config.write_quorum)
         reachable = [n for n in electorate if n == me or isinstance(probes.get(n), dict)]
