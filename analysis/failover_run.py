@@ -88,7 +88,7 @@ class RunRecord:
 
 def cluster_env(settings: RunSettings, etcd_endpoints: list[str], prefix: str) -> dict:
     """The nodes' settings: this run's W, TTL and etcd prefix on top of the caller's environment."""
-    return dict(os.environ, ETCD_ENDPOINTS=",".join(etcd_endpoints), ETCD_PREFIX=prefix,
+    return dict(os.environ, ETCD_ENDPOINTS=",".join(etcd_endpoints), ETCD_PREFIX=prefix, FAILOVER="auto",
                 LEADER_TTL=str(settings.ttl_ms), WRITE_QUORUM=str(settings.quorum),
                 MIN_DELAY=str(settings.min_delay_ms), MAX_DELAY=str(settings.max_delay_ms),
                 WRITE_TIMEOUT=str(settings.write_timeout_ms), DELAY_SEED=str(settings.seed),

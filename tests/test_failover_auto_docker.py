@@ -4,8 +4,8 @@ nodes decide through etcd's leader key.
 
 For each case: attempted, acknowledged, lost (must be 0), rolled back (unacknowledged writes
 only), and the seconds without an acknowledged write. The module turns FAILOVER=auto on for
-every node and, when done, puts the suite's settings back and hands leadership back to the
-``leader`` service (a planned switchover through the lock), as the other Docker tests expect.
+every node and leaves it so: it runs after every other test (tests/conftest.py). The pause
+(``POST /admin/pause``) is the local cluster's test (tests/test_failover_etcd.py).
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ import uuid
 
 import pytest
 
-from node.admin import COMPOSE_SECRET, call
 from node.compose import ETCD_SERVICES, SERVICES
 from node.logtool import compare_logs
 from tests.failover_support import converged, failover_status, health, leader_now, states, wait_until
 from tests.history import Load, check, record
 from tests.net import http
-from tests.test_failover_docker import promote, rolled_back
+from tests.test_failover_docker import rolled_back
 
 # A case waits out one or two leases and each quorum change recreates six containers.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
 
 TTL_S = 2.0
 AUTO = {"FAILOVER": "auto", "LEADER_TTL": str(int(TTL_S * 1000))}
-SUITE = {"FAILOVER": "manual", "WRITE_QUORUM": "2"}
 
 
 
@@ -63,7 +61,7 @@ def start(compose, *services):
 @pytest.fixture(scope="module")
 def auto_quorum(compose):
     """Recreates every node with automatic failover and the given WRITE_QUORUM (once per
-    quorum); afterwards the suite's settings, with ``leader`` leading again."""
+    quorum). The module runs last (tests/conftest.py), so the cluster is left so."""
     current = [None]
 
     def set_quorum(quorum: int) -> None:
@@ -73,13 +71,7 @@ def auto_quorum(compose):
                        f"one leader holding the key at W={quorum}")
             current[0] = quorum
 
-    yield set_quorum
-    compose.up(env=SUITE, recreate=True)
-    wait_until(lambda: leader_now(compose) is not None, 60, "a leader with the suite's settings")
-    if leader_now(compose) != "leader":
-        promote(compose, "leader")  # a switchover: the key moves to `leader` in the next term
-    wait_until(lambda: all(health(compose, s).get("leader_id") == "leader" for s in SERVICES), 60,
-               "every node follows leader")
+    return set_quorum
 
 
 def unavailable_s(ops, since: float) -> float:
@@ -313,21 +305,3 @@ def _acknowledges(compose, service):
         return http("POST", compose.url(service) + "/write", {"key": "probe", "value": 1}, timeout=5)[0] == 200
     except OSError:
         return False
-
-
-def test_pause_from_any_node_stops_automatic_failover(compose, auto_quorum):
-    """``POST /admin/pause`` (kept in etcd) on one node: no node races when the leader dies."""
-    auto_quorum(3)
-    old = leader_now(compose)
-    others = [s for s in SERVICES if s != old]
-    assert call("POST", compose.url(others[0]) + "/admin/pause", COMPOSE_SECRET)[0] == 200
-    compose.docker("kill", old)
-    try:
-        wait_until(lambda: "paused" in (failover_status(compose, others[1])["last_decision"] or ""), 30,
-                   "the followers see the pause")
-        assert leader_now(compose, others) is None
-    finally:
-        assert call("POST", compose.url(others[2]) + "/admin/resume", COMPOSE_SECRET)[0] == 200
-    wait_until(lambda: leader_now(compose, others) is not None, 45, "a follower takes over once resumed")
-    start(compose, old)
-    wait_until(lambda: health(compose, old).get("role") == "follower", 60, f"{old} follows")

@@ -10,6 +10,7 @@ import pytest
 
 from node import cluster as local_cluster
 from node.logtool import compare_logs, load
+from tests.dockerenv import E2E_SETTINGS
 from tests.history import Load, check, check_sequence, record
 from tests.net import free_port_block
 from tests.test_cluster import http, wait_converged
@@ -25,7 +26,10 @@ class Cluster(local_cluster.LocalCluster):
 
     def __init__(self, data_dir, **settings):
         self.data_dir = str(data_dir)
-        env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300", REPLICATION_SECRET="local-secret",
+        # Not the Compose suite's settings (tests.dockerenv puts them in the environment for the
+        # session): its FAILOVER=manual would turn these clusters' automatic failover off.
+        inherited = {k: v for k, v in os.environ.items() if k not in E2E_SETTINGS}
+        env = dict(inherited, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300", REPLICATION_SECRET="local-secret",
                    WRITE_TIMEOUT="3000", **settings)
         super().__init__(self.data_dir, free_port_block(), env=env, quiet=True)
         self.base = self.port("leader")
