@@ -20,7 +20,7 @@ import zlib
 
 from node import codec
 from node.core.terms import TermState, check_history
-from node.log import fsync_dir
+from node.durable import write_atomically
 
 VERSION = 1
 HEADER = b"#kvterm %d\n" % VERSION
@@ -72,14 +72,7 @@ def load(data_dir: str, holds_entries: bool) -> TermState:
 
 def save(data_dir: str, state: TermState) -> None:
     """Write ``state`` atomically and durably (blocking: call through :func:`save_async`)."""
-    path = path_in(data_dir)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        f.write(encode(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    fsync_dir(data_dir)
+    write_atomically(path_in(data_dir), encode(state))
 
 
 async def save_async(data_dir: str, state: TermState) -> None:
