@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
+
 from node.admin import call
+from node.etcd_local import etcd_binary
 
 NAMES = ("leader", "follower1", "follower2", "follower3", "follower4", "follower5")
 
@@ -47,3 +51,12 @@ def converged(cluster, names=NAMES) -> bool:
         return False
     first = found[names[0]]
     return all(s["data"] == first["data"] and s["applied_seq"] == first["applied_seq"] for s in found.values())
+
+
+def require_etcd(what: str) -> None:
+    """Skip ``what`` without etcd on a workstation; fail it under CI=true (``make test``
+    installs etcd-server, so its absence there is a broken setup, not a reason to skip)."""
+    if etcd_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI=true and etcd is required for {what}; `make test` installs it (apt-get install etcd-server)")
+        pytest.skip(f"etcd is not installed, needed for {what} (apt-get install etcd-server)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pandas as pd
 import pytest
@@ -25,8 +24,8 @@ from analysis.failover_model import (
 )
 from analysis.failover_report import renewal_interval_s, section_lost
 from node.core.terms import promise_quorum
-from node.etcd_local import etcd_binary
 from node.log import Entry
+from tests.failover_support import require_etcd
 from tests.net import free_port_block
 
 # --- unavailability ---------------------------------------------------------------------------
@@ -174,10 +173,7 @@ def test_cli_defaults_and_rejections(capsys):
 
 @pytest.fixture(scope="module")
 def etcd_installed():
-    if etcd_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI=true and etcd is required for the failover study; `make test` installs it")
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    require_etcd("the failover study")
 
 
 @pytest.mark.cluster

@@ -3,7 +3,6 @@ the leader SIGKILLed or cut off from etcd under load, failover paused, failover 
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
@@ -11,8 +10,8 @@ import uuid
 import pytest
 
 from node.admin import call
-from node.etcd_local import etcd_binary, start_etcd
-from tests.failover_support import NAMES, converged, failover_status, health, leader_now, states, wait_until
+from node.etcd_local import start_etcd
+from tests.failover_support import NAMES, converged, failover_status, health, leader_now, require_etcd, states, wait_until
 from tests.history import check, record
 from tests.test_failover_local import SECRET, rolled_back_entries, run_load
 from tests.test_faults_local import Cluster
@@ -24,10 +23,7 @@ TTL_MS = 2000
 
 @pytest.fixture(scope="module")
 def etcd():
-    if etcd_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI=true and etcd is required for the automatic failover tests; `make test` installs it")
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    require_etcd("the automatic failover tests")
     running = start_etcd(1)
     yield running
     running.stop()
