@@ -16,11 +16,13 @@ from tornado.log import access_log
 from tornado.web import Application
 
 from node import handlers as h
+from node.compaction import load_newest
 from node.config import Config, ConfigError, load_config
 from node.leader import LeaderLogError
 from node.limits import Limits
 from node.log import LogCorruptError, LogFile
 from node.replica import Replica
+from node.snapshot import SnapshotError
 from node.terms import TermFileError
 
 log = logging.getLogger("node")
@@ -46,6 +48,8 @@ def routes(node) -> list:
         (r"/delete/(.+)", h.DeleteHandler, args),
         (r"/clear", h.ClearHandler, args),
         (r"/log", h.LogHandler, args),
+        (r"/snapshot", h.SnapshotHandler, args),
+        (r"/admin/snapshot", h.TakeSnapshotHandler, args),
         (r"/admin/promote", h.PromoteHandler, args),
         (r"/admin/promise", h.PromiseHandler, args),
         (r"/admin/entries", h.EntriesHandler, args),
@@ -76,10 +80,12 @@ def log_request(handler) -> None:
 
 
 def open_node(config: Config):
-    """Open the node's log, replay it and build the role's object (raises on a damaged log)."""
+    """Load the newest valid snapshot, open the log, replay what follows the snapshot and build
+    the role's object (raises on a damaged log, or when no snapshot it needs reads back)."""
+    found = load_newest(config.data_dir)
     log_file, entries = LogFile.open(config.data_dir, config.fsync)
     try:
-        return Replica(config, Limits.from_config(config), log_file, entries)
+        return Replica(config, Limits.from_config(config), log_file, entries, found)
     except Exception:
         log_file.close()
         raise
@@ -190,6 +196,6 @@ def main() -> None:
     setup_logging(config)
     try:
         event_loop_runner()(serve(config))
-    except (LogCorruptError, LeaderLogError, TermFileError, CoordinatorUnreachable, OSError) as exc:
+    except (LogCorruptError, LeaderLogError, TermFileError, SnapshotError, CoordinatorUnreachable, OSError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

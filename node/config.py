@@ -25,6 +25,11 @@ DEFAULT_BATCH_LINGER_US = 2000
 # follower to receive a write the leader just acknowledged (MAX_DELAY's default is 1000 ms),
 # short enough that a client soon tries another node.
 DEFAULT_READ_WAIT_MS = 1000
+# etcd's defaults (--snapshot-count 10000, SnapshotCatchUpEntries 5000): at 3,000 writes/s a
+# snapshot every few seconds, and a follower down for under about two seconds of writes heals
+# from the log instead of needing a snapshot.
+DEFAULT_SNAPSHOT_EVERY = 10_000
+DEFAULT_RETAIN_ENTRIES = 5_000
 MAX_READ_WAIT_MS = 60_000
 
 
@@ -59,6 +64,10 @@ class Config:
     leader_ttl_ms: int = 3000
     priority: int = 0
     etcd_prefix: str = "/kvstore"
+    # Log compaction: a snapshot every this many entries (0: never), and how many entries the
+    # leader keeps after one for followers that lag (a follower further behind gets the snapshot).
+    snapshot_every: int = 10_000
+    retain_entries: int = 5_000
 
     @property
     def is_leader(self) -> bool:
@@ -179,6 +188,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         peers=peers,
         catchup_interval_ms=_int(env, "CATCHUP_INTERVAL", 2000, 50, 600_000, " ms"),
         read_wait_ms=_int(env, "READ_WAIT", DEFAULT_READ_WAIT_MS, 0, MAX_READ_WAIT_MS, " ms"),
+        snapshot_every=_int(env, "SNAPSHOT_EVERY", DEFAULT_SNAPSHOT_EVERY, 0, 100_000_000,
+                            " entries between snapshots (0: never)"),
+        retain_entries=_int(env, "RETAIN_ENTRIES", DEFAULT_RETAIN_ENTRIES, 0, 100_000_000,
+                            " entries kept after a snapshot for lagging followers"),
         **_replication_settings(env, len(peers) - 1),
         **_failover_settings(env),
     )

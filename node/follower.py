@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from node import codec, peers
+from node import snapshot as snapshots
 from node.config import Config
 from node.core.following import CatchUp, EntryConflict, FollowerCore
 from node.limits import Limits
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["EntryConflict", "Follower", "ShuttingDown"]
 
 PULL_LIMIT = 1000
+INCOMING = "incoming.tmp"  # a snapshot being fetched, under DATA_DIR/snapshots/
 
 
 class ShuttingDown(Exception):
@@ -45,7 +48,7 @@ class Follower:
         self.config, self.limits, self.log = config, limits, log_file
         self.host = host
         self.store = host.store if host is not None else Store()
-        self.store.reset()
+        self.store.reset()  # to the snapshot, if any: replay skips what it holds
         self.core = FollowerCore(self.store)
         self.core.replay([(entry, record_fingerprint(encode_record(entry))) for entry in entries])
         self.catch_up = CatchUp(config.catchup_interval_ms / 1000)
@@ -84,6 +87,8 @@ class Follower:
         error = synced.exception() if not synced.cancelled() else asyncio.CancelledError()
         if error is None:
             self.core.durable(stored)
+            if self.host is not None:
+                self.host.compactor.poke()
         else:
             self.core.not_durable(stored)
         if done.done():
@@ -149,6 +154,10 @@ class Follower:
         answer = codec.loads(response.body)
         await self.host.heard_from_leader(int(answer["term"]), answer["leader_id"], answer["history"],
                                           int(answer.get("committed", 0)))
+        if answer.get("snapshot"):  # what follows `after` was compacted away on the leader
+            await self._install_snapshot(leader, answer["snapshot"])
+            self.catch_up.page(int(answer["last_seq"]), True, time.monotonic())  # pull again at once
+            return
         entries = [Entry.from_dict(item) for item in answer["entries"]]
         if entries:
             log.info("pulled %d entries from the leader (seq %d..%d)", len(entries), entries[0].seq, entries[-1].seq)
@@ -158,6 +167,30 @@ class Follower:
             log.error("%s", conflict)
         if self.catch_up.page(int(answer["last_seq"]), bool(answer.get("more")), time.monotonic()):
             log.info("leader %s reachable again", leader)
+
+    async def _install_snapshot(self, leader: str, offered: dict) -> None:
+        """Fetch the leader's snapshot (streamed to a temporary file in bounded chunks) and hand
+        it to the node, which checks and installs it atomically. A transfer cut in the middle
+        leaves this follower as it was; the next pull retries."""
+        directory = snapshots.directory_in(self.config.data_dir)
+        os.makedirs(directory, exist_ok=True)
+        temporary = os.path.join(directory, INCOMING)
+        log.warning("the leader compacted the entries after seq %d away; fetching its snapshot at seq %s (%s bytes)",
+                    self.store.applied_seq, offered.get("seq"), offered.get("bytes"))
+        started = time.monotonic()
+        try:
+            with open(temporary, "wb") as f:
+                response = await self.client.fetch(
+                    peers.snapshot_request(leader, self.config.replication_secret, self.config.node_id, f.write),
+                    raise_error=False)
+            if response.code != 200:
+                raise LookupError(f"the leader at {leader} answered {response.code} to GET /snapshot")
+            installed = await self.host.install_snapshot(temporary)
+        finally:
+            if os.path.exists(temporary):  # not installed: nothing of it stays
+                os.remove(temporary)
+        log.warning("installed the leader's snapshot at seq %d in %.2f s; pulling the entries after it",
+                    installed, time.monotonic() - started)
 
     def restart_catch_up(self) -> None:
         """Pull everything the (new) leader has at the next tick: after a change of leader or a

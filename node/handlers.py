@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 WRITE_FIELDS = {"key", "value"}
+SNAPSHOT_CHUNK_BYTES = 256 * 1024
 READ_PARAMETERS = ("min_seq",)
 
 
@@ -370,6 +371,14 @@ class LogHandler(BaseHandler):
         node_id = self.get_query_argument("node_id", "")
         if node_id:
             self.node.note_follower_pull(node_id, after)
+        state = self.node.state
+        offer = self.node.snapshot_offer(after)
+        if offer is not None:  # the entries after `after` were compacted away: install this first
+            self.send_json({"entries": [], "snapshot": offer, "last_seq": self.node.last_seq, "more": True,
+                            "term": state.term, "leader_id": state.leader_id,
+                            "history": [list(item) for item in state.history],
+                            "committed": self.node.role_obj.core.committed})
+            return
         entries = self.node.entries_between(after, upto, limit)
         page, size = [], 0
         for entry in entries:  # a page stays below the page size, whatever the entries weigh
@@ -382,7 +391,6 @@ class LogHandler(BaseHandler):
         more = bool(page) and page[-1]["seq"] < end
         if page:  # a follower must never hold an entry its leader could still lose
             await self.node.durable_through(page[-1]["seq"])
-        state = self.node.state
         self.send_json({"entries": page, "last_seq": self.node.last_seq, "more": more, "term": state.term,
                         "leader_id": state.leader_id, "history": [list(item) for item in state.history],
                         "committed": self.node.role_obj.core.committed})
@@ -398,6 +406,48 @@ class LogHandler(BaseHandler):
         if value < 0:
             raise ApiError(400, f"query parameter {name}={value} must be >= 0")
         return value
+
+
+class SnapshotHandler(BaseHandler):
+    """Internal GET /snapshot: this node's newest snapshot file as it is on disk (both its
+    checksums inside), streamed in bounded chunks, for a follower too far behind for the log."""
+
+    async def get(self) -> None:
+        self.check_secret()
+        node_id = self.get_query_argument("node_id", "")
+        if node_id and self.node.config.address_of(node_id) is None:
+            raise ApiError(400, f"node_id {node_id!r} is not a node of PEERS")
+        compactor = self.node.compactor
+        path = compactor.base_path
+        if path is None:
+            raise ApiError(404, f"{self.node.config.node_id} has no snapshot yet (SNAPSHOT_EVERY="
+                                f"{self.node.config.snapshot_every}); it still holds its whole log")
+        if node_id and self.node.role == "leader":
+            self.node.role_obj.note_snapshot_fetch(node_id)
+        with open(path, "rb") as f:  # open: a newer snapshot may replace it meanwhile, this one stays readable
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            self.set_header("X-Snapshot-Seq", str(compactor.base_seq))
+            self.set_header("X-Snapshot-Term", str(compactor.base_term))
+            while chunk := f.read(SNAPSHOT_CHUNK_BYTES):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+class TakeSnapshotHandler(BaseHandler):
+    """Internal POST /admin/snapshot: take a snapshot now and compact the log (on any node)."""
+
+    async def post(self) -> None:
+        self.check_secret()
+        if self._body.too_large or b"".join(self._body.chunks).strip():
+            body = self.json_body()
+            if body != {}:
+                raise ApiError(400, f"POST /admin/snapshot takes no body (or {{}}); got a JSON {json_type(body)}")
+        try:
+            self.send_json(await self.node.compactor.take("POST /admin/snapshot"))
+        except RuntimeError as exc:
+            raise ApiError(503, f"snapshot not taken: {exc}") from None
 
 
 class PromoteHandler(BaseHandler):

@@ -109,14 +109,14 @@ class Leader:
                 list(config.followers), config.write_quorum, config.write_timeout_ms,
                 config.min_delay_ms, config.max_delay_ms, linger_us=config.batch_linger_us,
                 max_batch_bytes=limits.max_batch_bytes, rng=random.Random(config.delay_seed), entries=entries,
-                term=self.term)
+                term=self.term, base_seq=host.compactor.base_seq if host is not None else 0)
         except LeaderLogError as exc:
             raise LeaderLogError(f"leader log {log_file.path} {exc}") from None
         self.store = host.store if host is not None else Store()
-        self.store.reset()
-        for entry in self.core.entries:
+        self.store.reset()  # to the snapshot, if any; then the entries after it
+        for entry in self.core.entries_from(self.store.applied_seq + 1):
             self.store.apply(entry)
-        self.replayed = len(entries)  # seq n > replayed is the log's record n - replayed since open
+        self.replayed = self.core.last_seq  # seq n > replayed is the log's record n - replayed since open
         self.client = peers.make_client()
         # Write requests being answered (counted by the handlers, on the node: they outlive a role).
         self.writes = host.writes if host is not None else InFlight()
@@ -188,6 +188,8 @@ class Leader:
         delays = self.core.append(entry, record_body(record), time.monotonic())
         quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
         self._plan_step()
+        if self.host is not None:
+            self.host.compactor.poke()
         return entry, delays, quorum
 
     def durable_through(self, seq: int) -> asyncio.Future:
@@ -309,8 +311,15 @@ class Leader:
     def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
         return self.core.entries_between(after, upto, limit)
 
-    def note_follower_pull(self, node_id: str, after: int) -> None:
-        self.core.pulled(node_id, after)
+    def note_follower_pull(self, node_id: str, after: int) -> bool:
+        """Note a follower's pull; False if it needs a snapshot (what follows ``after`` is compacted)."""
+        return self.core.pulled(node_id, after, self.config.address_of(node_id))
+
+    def note_snapshot_fetch(self, node_id: str) -> None:
+        """A follower fetches the snapshot: a learner until it pulls from the log again."""
+        address = self.config.address_of(node_id)
+        if address in self.core.progress:
+            self.core.installing(address, True)
 
     def status(self) -> dict:
         followers = {
@@ -322,13 +331,14 @@ class Leader:
                 "requests": p.requests,
                 "entries_sent": p.entries_sent,
                 "entries_per_request": round(p.entries_sent / p.requests, 2) if p.requests else None,
+                "installing_snapshot": p.installing,
             }
             for address, p in self.core.progress.items()
         }
         c = self.config
         return {
             "role": self.role, "node_id": c.node_id, "term": self.term, "last_seq": self.last_seq,
-            "committed_seq": self.core.committed,
+            "committed_seq": self.core.committed, "first_kept_seq": self.core.first_seq,
             "applied_seq": self.store.applied_seq, "keys": len(self.store),
             "write_quorum": c.write_quorum, "min_delay_ms": c.min_delay_ms, "max_delay_ms": c.max_delay_ms,
             "write_timeout_ms": c.write_timeout_ms, "delay_seed": c.delay_seed,

@@ -56,6 +56,7 @@ HEADER = HEADER_PREFIX + b"%d\n" % VERSION
 OPS = ("set", "delete", "clear", "noop")
 LOG_FILE_NAME = "replication.log"
 UPGRADE_SUFFIX = ".upgrade"  # the converted log is written here, then renamed over the old one
+COMPACT_SUFFIX = ".compact"  # the compacted log is written here, then renamed over the old one
 # Group-commit fsyncs run on the event loop while they average less than this, else in the
 # sync thread: a quick fsync costs less than handing it to a thread and back.
 INLINE_SYNC_MAX_S = 0.002
@@ -315,6 +316,8 @@ class LogFile:
         """Open (or create) the log in ``data_dir`` and return it with the entries it holds."""
         os.makedirs(data_dir, exist_ok=True)
         path = os.path.join(data_dir, LOG_FILE_NAME)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + COMPACT_SUFFIX)  # a compaction cut short by a crash; the log is whole
         records: list[Record] = []
         good_end = 0
         if os.path.exists(path):
@@ -471,6 +474,49 @@ class LogFile:
             self._round, self._round_covers = waiting, None
             asyncio.get_running_loop().call_soon(self._run_round)
 
+    def mark(self) -> int:
+        """The byte offset where the next record goes. Compaction keeps every record written
+        after it, whatever the caller decided from what it held when it asked."""
+        self._file.flush()
+        return self._file.tell()
+
+    async def compact(self, mark: int, kept: list[bytes]) -> tuple[int, int]:
+        """Replace the log by ``kept`` (records written before ``mark`` that must stay) and
+        every record written since ``mark``; return the file's size before and after.
+
+        Log compaction by rewrite, not by segments: the file stays one file in one format that
+        every tool reads, and what is rewritten is bounded (the entries since the previous
+        snapshot and those kept for lagging followers). The bulk is written and synced in a
+        worker thread while the node goes on appending; the records appended meanwhile are then
+        copied over on the loop (a few), the new file synced, renamed over the old one and the
+        directory synced: a crash leaves the old log or the new one, whole. Appends, syncs
+        and their waiters carry on across the swap: every record appended so far is durable
+        in the new file, and the old file is closed only after the fsyncs queued on it.
+        """
+        temporary = self.path + COMPACT_SUFFIX
+        loop = asyncio.get_running_loop()
+        new = await loop.run_in_executor(None, _write_synced, temporary, HEADER + b"".join(kept))
+        try:
+            self._file.flush()
+            before = self._file.tell()
+            with open(self.path, "rb") as old:
+                old.seek(mark)
+                new.write(old.read())
+            new.flush()
+            os.fsync(new.fileno())
+            os.chmod(temporary, stat.S_IMODE(os.stat(self.path).st_mode))
+            os.replace(temporary, self.path)
+        except BaseException:
+            new.close()
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise
+        fsync_dir(os.path.dirname(self.path) or ".")
+        old_file, self._file = self._file, new
+        self._syncer.submit(old_file.close)
+        self._synced = self._sync_requested = self._appended
+        return before, new.tell()
+
     @classmethod
     def rewrite(cls, old: LogFile, data_dir: str, entries: list[Entry]) -> LogFile:
         """Replace the log by exactly ``entries`` (atomic) and return it open for appending:
@@ -518,6 +564,20 @@ def _upgrade_v1(path: str, records: list[Record]) -> int:
     size = write_log_file(path, [r.entry for r in records], mode_of=path)
     log.info("log %s: upgraded from format version 1 to %d: %d records, read as term 1", path, VERSION, len(records))
     return size
+
+
+def _write_synced(path: str, data: bytes):
+    """A new file holding ``data``, synced, left open for more (a worker thread's part of
+    :meth:`LogFile.compact`)."""
+    f = open(path, "w+b")
+    try:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _timed_fsync(fd: int) -> float:

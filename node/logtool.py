@@ -1,7 +1,8 @@
-"""Inspect replication logs: print one, verify checksums, compare several by sequence number.
+"""Inspect replication logs and snapshots: print one, verify checksums, compare several.
 
     python -m node.logtool show    data/leader/replication.log
-    python -m node.logtool verify  data/*/replication.log
+    python -m node.logtool show    data/leader/snapshots/snapshot-00000000000000010000.snap
+    python -m node.logtool verify  data/*/replication.log data/*/snapshots/*.snap
     python -m node.logtool compare data/leader/replication.log data/follower*/replication.log
 
 ``compare`` takes the first log as the reference (normally the leader's) and reports, for every
@@ -10,6 +11,12 @@ in arrival order, so logs are compared as maps ``seq -> entry``, not line by lin
 different when any field differs, its term included. Logs in format version 1 (no terms) read
 as term 1 and compare with version 2 logs entry by entry; the tool only reads, so it never
 upgrades a file (a node does that when it opens its log).
+
+Compacted logs start at different points: each log is read with the newest valid snapshot in
+the ``snapshots/`` directory beside it. An entry a log lacks is missing only if its snapshot
+does not hold it either; and the states are compared at the highest seq both nodes can
+rebuild (snapshot plus the entries after it), so two nodes whose histories overlap in nothing
+but a snapshot are still checked.
 Exit status: 0 when all logs verify / agree, 1 otherwise, 2 for a damaged or unreadable file.
 """
 
@@ -17,9 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
 
+from node import snapshot as snapshots
 from node.log import VERSION, Entry, LogCorruptError, LogScan, read_log
+from node.snapshot import Snapshot, SnapshotError
+from node.store import build_state
 
 SHOW_FIRST = 10
 
@@ -33,28 +45,77 @@ def _by_seq(found: LogScan) -> dict[int, Entry]:
     return {r.entry.seq: r.entry for r in found.records}
 
 
+@dataclass
+class NodeView:
+    """One node's data as its files have it: the newest valid snapshot beside the log (if any)
+    and the log's entries."""
+
+    path: str
+    version: int | None
+    entries: dict[int, Entry]
+    snapshot: Snapshot | None
+
+    @property
+    def snapshot_seq(self) -> int:
+        return self.snapshot.seq if self.snapshot else 0
+
+    def holds(self, seq: int) -> bool:
+        return seq <= self.snapshot_seq or seq in self.entries
+
+    def rebuildable_through(self) -> int:
+        """The highest seq whose state the snapshot and the entries after it give."""
+        seq = self.snapshot_seq
+        while seq + 1 in self.entries:
+            seq += 1
+        return seq
+
+    def state_at(self, seq: int) -> dict:
+        base = self.snapshot.data if self.snapshot else {}
+        return build_state(base, [self.entries[s] for s in range(self.snapshot_seq + 1, seq + 1)])
+
+
+def read_node(path: str) -> NodeView:
+    """A log and the newest valid snapshot in ``snapshots/`` beside it."""
+    found = read_log(path)
+    snapshot, _ = snapshots.newest_valid(os.path.dirname(path) or ".")
+    return NodeView(path, found.version, _by_seq(found), snapshot)
+
+
 def compare_logs(paths: list[str]) -> dict:
     """Compare logs against ``paths[0]``; return a JSON-friendly report with ``equal`` per log."""
-    found = read_log(paths[0])
-    reference = _by_seq(found)
-    report = {"reference": paths[0], "version": found.version, "entries": len(reference), "logs": []}
+    reference = read_node(paths[0])
+    report = {"reference": paths[0], "version": reference.version, "entries": len(reference.entries),
+              "snapshot_seq": reference.snapshot_seq, "logs": []}
     for path in paths[1:]:
-        found = read_log(path)
-        other = _by_seq(found)
-        missing = sorted(set(reference) - set(other))
-        extra = sorted(set(other) - set(reference))
-        different = sorted(s for s in set(reference) & set(other) if reference[s] != other[s])
-        report["logs"].append({
-            "path": path,
-            "version": found.version,
-            "entries": len(other),
-            "equal": not (missing or extra or different),
-            "missing": missing[:SHOW_FIRST], "missing_count": len(missing),
-            "different": different[:SHOW_FIRST], "different_count": len(different),
-            "extra": extra[:SHOW_FIRST], "extra_count": len(extra),
-        })
+        report["logs"].append(_compare_one(reference, read_node(path)))
     report["equal"] = all(item["equal"] for item in report["logs"])
     return report
+
+
+def _compare_one(reference: NodeView, other: NodeView) -> dict:
+    ref, oth = reference.entries, other.entries
+    missing = sorted(s for s in ref if s not in oth and not other.holds(s))
+    extra = sorted(s for s in oth if s not in ref and not reference.holds(s))
+    different = sorted(s for s in set(ref) & set(oth) if ref[s] != oth[s])
+    common = min(reference.rebuildable_through(), other.rebuildable_through())
+    state_equal = None  # not comparable: no seq both can rebuild
+    if common >= max(reference.snapshot_seq, other.snapshot_seq) and (reference.snapshot or other.snapshot):
+        state_equal = reference.state_at(common) == other.state_at(common)
+    return {
+        "path": other.path,
+        "version": other.version,
+        "entries": len(oth),
+        "snapshot_seq": other.snapshot_seq,
+        "equal": not (missing or extra or different) and state_equal is not False,
+        "state_seq": common if state_equal is not None else None, "state_equal": state_equal,
+        "missing": missing[:SHOW_FIRST], "missing_count": len(missing),
+        "different": different[:SHOW_FIRST], "different_count": len(different),
+        "extra": extra[:SHOW_FIRST], "extra_count": len(extra),
+    }
+
+
+def _snapshot_text(seq: int) -> str:
+    return f" after a snapshot at seq {seq}" if seq else ""
 
 
 def _version_text(version: int | None, explain: bool = True) -> str:
@@ -66,7 +127,28 @@ def _version_text(version: int | None, explain: bool = True) -> str:
     return f"format version {version}"
 
 
+def _is_snapshot(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(snapshots.HEADER_PREFIX)) == snapshots.HEADER_PREFIX
+
+
+def _is_pair(item) -> bool:
+    return isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
+
+
+def _snapshot_line(path: str, found: Snapshot) -> str:
+    return (f"{path}: snapshot format version {snapshots.VERSION}, checksums ok, seq {found.seq}, term {found.term}, "
+            f"{len(found.data)} keys, history {[list(h) for h in found.history]}")
+
+
 def _show(path: str) -> int:
+    if _is_snapshot(path):
+        found = snapshots.read(path)
+        print(_snapshot_line(path, found))
+        for key in sorted(found.data):
+            value, seq = found.data[key] if _is_pair(found.data[key]) else (found.data[key], "?")
+            print(f"  key={key!r}  seq={seq:<8} value={json.dumps(value, ensure_ascii=False)}")
+        return 0
     found = read_log(path)
     for record in found.records:
         e = record.entry
@@ -80,6 +162,9 @@ def _show(path: str) -> int:
 def _verify(paths: list[str]) -> int:
     status = 0
     for path in paths:
+        if _is_snapshot(path):
+            print(_snapshot_line(path, snapshots.read(path)))
+            continue
         found = read_log(path)
         records, good_end, torn = found.records, found.good_end, found.torn
         seqs = [r.entry.seq for r in records]
@@ -101,12 +186,17 @@ def _verify(paths: list[str]) -> int:
 
 def _compare(paths: list[str]) -> int:
     report = compare_logs(paths)
-    print(f"reference {report['reference']}: {report['entries']} entries, {_version_text(report['version'], explain=False)}")
+    print(f"reference {report['reference']}: {report['entries']} entries{_snapshot_text(report['snapshot_seq'])}, "
+          f"{_version_text(report['version'], explain=False)}")
     for item in report["logs"]:
+        held = (f"{item['entries']} entries{_snapshot_text(item['snapshot_seq'])}, "
+                f"{_version_text(item['version'], explain=False)}")
+        state = "" if item["state_equal"] is None else \
+            f"; states at seq {item['state_seq']} {'equal' if item['state_equal'] else 'DIFFER'}"
         if item["equal"]:
-            print(f"  {item['path']}: equal ({item['entries']} entries, {_version_text(item['version'], explain=False)})")
+            print(f"  {item['path']}: equal ({held}{state})")
             continue
-        print(f"  {item['path']}: DIFFERENT ({item['entries']} entries, {_version_text(item['version'], explain=False)})")
+        print(f"  {item['path']}: DIFFERENT ({held}{state})")
         for kind in ("missing", "different", "extra"):
             if item[f"{kind}_count"]:
                 print(f"    {kind}: {item[f'{kind}_count']} seq(s), first {item[kind]}")
@@ -118,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node.logtool", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("show", help="print every record of one log").add_argument("path")
-    sub.add_parser("verify", help="check the checksums of logs").add_argument("paths", nargs="+")
+    sub.add_parser("show", help="print every record of one log, or every key of one snapshot").add_argument("path")
+    sub.add_parser("verify", help="check the checksums of logs and snapshots").add_argument("paths", nargs="+")
     cmp = sub.add_parser("compare", help="compare logs with the first one, by seq")
     cmp.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
@@ -131,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.paths) < 2:
             parser.error("compare needs at least two logs")
         return _compare(args.paths)
-    except (LogCorruptError, OSError) as exc:
+    except (LogCorruptError, SnapshotError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

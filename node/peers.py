@@ -22,6 +22,7 @@ SECRET_HEADER = "X-Replication-Secret"
 SEND_TIMEOUT_S = 10.0  # one /replicate request, connection included
 CONNECT_TIMEOUT_S = 5.0
 PULL_TIMEOUT_S = 30.0  # one /log page of up to LOG_PAGE_BYTES
+SNAPSHOT_TIMEOUT_S = 600.0  # a whole snapshot, streamed: as large as the state
 # Peers resolve through Docker's DNS, and a recreated container may come back elsewhere.
 DNS_CACHE_S = 2
 # Requests out at once: at most one per follower from the leader, one pull from a follower.
@@ -76,3 +77,12 @@ def entries_request(address: str, secret: str, after: int, upto: int, limit: int
 def promote_request(address: str, secret: str, timeout: float) -> HTTPRequest:
     return HTTPRequest(f"http://{address}/admin/promote", method="POST", body=b"",
                        headers={SECRET_HEADER: secret}, request_timeout=timeout, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def snapshot_request(leader: str, secret: str, node_id: str, on_chunk) -> HTTPRequest:
+    """``GET /snapshot``, streamed: ``on_chunk`` gets the body piece by piece as it arrives, so a
+    state of any size passes through bounded buffers."""
+    query = urlencode({"node_id": node_id})
+    return HTTPRequest(f"http://{leader}/snapshot?{query}", headers={SECRET_HEADER: secret},
+                       streaming_callback=on_chunk, request_timeout=SNAPSHOT_TIMEOUT_S,
+                       connect_timeout=CONNECT_TIMEOUT_S)

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
 from node import codec, peers, terms
+from node import snapshot as snapshots
+from node.compaction import Compactor, SnapshotRefused
 from node.config import Config
+from node.core.compaction import needs_snapshot
 from node.core.terms import (
     Holding,
     PromiseRefused,
@@ -40,8 +44,9 @@ from node.core.terms import (
 from node.follower import Follower
 from node.leader import Leader
 from node.limits import Limits
-from node.log import Entry, LogFile
+from node.log import Entry, LogFile, encode_record, fsync_dir
 from node.rollback import save_rollback
+from node.snapshot import Snapshot
 from node.store import Store
 from node.tasks import InFlight, TaskGroup
 from node.validation import ApiError
@@ -66,11 +71,15 @@ class NotLeader(Exception):
 
 
 class Replica:
-    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry]) -> None:
+    def __init__(self, config: Config, limits: Limits, log_file: LogFile, entries: list[Entry],
+                 snapshot: Snapshot | None = None) -> None:
+        """``snapshot``: the newest valid one found at start; the log's entries apply after it."""
         self.config, self.limits, self.log = config, limits, log_file
+        self.compactor = Compactor(self, snapshot)
         self.store = Store()
+        self.store.base_loader = self.compactor.load_base
         self.writes = InFlight()
-        self.state = terms.load(config.data_dir, holds_entries=bool(entries))
+        self.state = terms.load(config.data_dir, holds_entries=bool(entries) or snapshot is not None)
         if self.state.term == 0 and config.is_leader and not entries:  # a new cluster's first leader
             self.state = TermState().lead(((1, 1, config.node_id),))
         elif self.state.term == 1 and self.state.leader_id is None and config.is_leader:
@@ -268,8 +277,42 @@ class Replica:
         held = [e for e in self._held_entries() if e.seq > after and (upto is None or e.seq <= upto)]
         return held[:limit]
 
-    def note_follower_pull(self, node_id: str, after: int) -> None:
-        self.role_obj.note_follower_pull(node_id, after)
+    def note_follower_pull(self, node_id: str, after: int) -> bool:
+        return self.role_obj.note_follower_pull(node_id, after)
+
+    def snapshot_offer(self, after: int) -> dict | None:
+        """What a pull after ``after`` gets instead of entries when the leader no longer keeps
+        them: the snapshot to install (None: the log serves it)."""
+        leader = self.role_obj
+        if not isinstance(leader, Leader) or not needs_snapshot(after + 1, leader.core.first_seq):
+            return None
+        path = self.compactor.base_path
+        return {"seq": self.compactor.base_seq, "term": self.compactor.base_term,
+                "bytes": os.path.getsize(path) if path else 0, "first_kept_seq": leader.core.first_seq}
+
+    async def install_snapshot(self, path: str) -> int:
+        """Check the snapshot fetched to ``path`` and make it this follower's state, atomically:
+        the file is verified (both checksums) and renamed into place before anything in memory
+        changes, then the log keeps only what follows it. Its seq."""
+        found = await asyncio.get_running_loop().run_in_executor(None, _verified, path)
+        async with self._transition:
+            follower = self.role_obj
+            if not isinstance(follower, Follower):
+                raise ApiError(409, "this node leads now: it installs no snapshot")
+            if found.seq <= self.store.applied_seq:
+                return self.store.applied_seq
+            if term_at(self.state.history, found.seq) != found.term:
+                raise SnapshotRefused(f"the snapshot at seq {found.seq} is of term {found.term}, but the leader's "
+                                      f"history gives that seq term {term_at(self.state.history, found.seq)}")
+            final = os.path.join(os.path.dirname(path), snapshots.file_name(found.seq))
+            os.replace(path, final)
+            fsync_dir(os.path.dirname(final))
+            self.store.restore(found.data, found.seq)
+            follower.core.installed(found.seq)
+            self.compactor.installed(found, final)
+            kept = [encode_record(e) for e in follower.core.stored_entries() if e.seq > found.seq]
+            await self.log.compact(self.log.mark(), kept)
+            return found.seq
 
     def durable_through(self, seq: int):
         return self.role_obj.durable_through(seq)
@@ -284,7 +327,7 @@ class Replica:
     def status(self) -> dict:
         status = {**self.role_obj.status(), "term": self.state.term, "leader_id": self.state.leader_id,
                   "leader_address": self.leader_address, "voted_for": self.state.voted_for,
-                  "history": [list(item) for item in self.state.history]}
+                  "history": [list(item) for item in self.state.history], "snapshot": self.compactor.status()}
         if self.coordinator is not None:
             status["failover"] = self.coordinator.status()
         return status
@@ -508,7 +551,7 @@ class Promotion:
         own = {e.seq: e for e in self.node.role_obj.core.entries_in_order()}
         newest = plan.history
         entries = []
-        for seq in range(1, plan.keep_through + 1):
+        for seq in range(self.node.compactor.base_seq + 1, plan.keep_through + 1):  # the snapshot holds the rest
             entry = fetched.get(seq) or own[seq]
             entries.append(entry)
         for seq in plan.restamped:
@@ -519,6 +562,14 @@ class Promotion:
         rolled_back = [e for seq, e in own.items() if term_at(newest, seq) != e.term
                        and (seq, e.op, e.key, codec.dumps(e.value)) not in kept]
         return entries, rolled_back
+
+
+def _verified(path: str) -> Snapshot:
+    """Read ``path`` back whole (a damaged or cut transfer raises SnapshotError) and sync it."""
+    found = snapshots.read(path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return found
 
 
 def _term_start_done(done: asyncio.Future) -> None:

@@ -27,7 +27,8 @@ from node.core.terms import History, check_history
 from node.durable import write_atomically
 
 VERSION = 1
-HEADER = b"#kvsnap %d\n" % VERSION
+HEADER_PREFIX = b"#kvsnap "
+HEADER = HEADER_PREFIX + b"%d\n" % VERSION
 DIRECTORY = "snapshots"
 SUFFIX = ".snap"
 
@@ -41,7 +42,7 @@ class Snapshot:
     seq: int  # the last entry applied to ``data``
     term: int  # that entry's term
     history: History  # the term history of the log up to ``seq``
-    data: dict
+    data: dict  # key -> [value, seq of the entry that last set it] (``node.store.State``)
 
     def encode(self) -> bytes:
         state = codec.dumps_sorted(self.data)

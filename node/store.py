@@ -10,10 +10,34 @@ Readers that need a given seq first (``?min_seq=``, read-your-writes) wait on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from node.log import Entry
 from node.waiters import AppliedWaiters
+
+# A snapshot's state: key -> [value, seq of the entry that last set it], and the seq it is at.
+State = dict[str, list]
+
+
+def apply_to(data: dict[str, tuple[Any, int]], entry: Entry) -> None:
+    """The one definition of what an entry does to a state (the live store and a snapshot
+    being built from the log both use it)."""
+    if entry.op == "set":
+        data[entry.key] = (entry.value, entry.seq)
+    elif entry.op == "delete":
+        data.pop(entry.key, None)
+    elif entry.op == "clear":
+        data.clear()
+
+
+def build_state(base: State, entries: list[Entry]) -> State:
+    """``base`` with ``entries`` applied in order: the state of a new snapshot, computed from the
+    previous one and the log, in a worker thread, while the live store moves on."""
+    data = {key: (item[0], item[1]) for key, item in base.items()}
+    for entry in entries:
+        apply_to(data, entry)
+    return {key: [value, seq] for key, (value, seq) in data.items()}
 
 
 class Store:
@@ -29,16 +53,13 @@ class Store:
         self._data: dict[str, tuple[Any, int]] = {}
         self.applied_seq = 0
         self.waiters = AppliedWaiters()
+        # Where a reset starts from: the node's newest snapshot, (state, seq), or nothing.
+        self.base_loader: Callable[[], tuple[State, int] | None] = lambda: None
 
     def apply(self, entry: Entry) -> None:
         if entry.seq != self.applied_seq + 1:
             raise ValueError(f"entry seq {entry.seq} applied after {self.applied_seq}: sequence order broken")
-        if entry.op == "set":
-            self._data[entry.key] = (entry.value, entry.seq)
-        elif entry.op == "delete":
-            self._data.pop(entry.key, None)
-        elif entry.op == "clear":
-            self._data.clear()
+        apply_to(self._data, entry)
         self.applied_seq = entry.seq
         self.waiters.wake(entry.seq)
 
@@ -54,9 +75,23 @@ class Store:
         self.waiters.wake(self.applied_seq)
 
     def reset(self) -> None:
-        """Forget everything, to apply a log again from seq 1 (after a rollback)."""
-        self._data.clear()
-        self.applied_seq = 0
+        """Go back to the node's newest snapshot (or to nothing), to apply the log after it again:
+        when a role is built, or after a rollback."""
+        base = self.base_loader()
+        if base is None:
+            self._data, self.applied_seq = {}, 0
+        else:
+            self.restore(*base)
+
+    def restore(self, state: State, seq: int) -> None:
+        """Take a snapshot's state at ``seq`` (at start, or one installed from the leader)."""
+        self._data = {key: (item[0], item[1]) for key, item in state.items()}
+        self.applied_seq = seq
+        self.notify()
+
+    def export(self) -> State:
+        """The state in a snapshot's form (a copy: the store may change while it is written)."""
+        return {key: [value, seq] for key, (value, seq) in self._data.items()}
 
     def get(self, key: str) -> tuple[Any, int] | None:
         return self._data.get(key)

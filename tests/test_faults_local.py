@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -29,8 +31,8 @@ class Cluster(local_cluster.LocalCluster):
         # Not the Compose suite's settings (tests.dockerenv puts them in the environment for the
         # session): its FAILOVER=manual would turn these clusters' automatic failover off.
         inherited = {k: v for k, v in os.environ.items() if k not in E2E_SETTINGS}
-        env = dict(inherited, MIN_DELAY="0", MAX_DELAY="100", CATCHUP_INTERVAL="300", REPLICATION_SECRET="local-secret",
-                   WRITE_TIMEOUT="3000", **settings)
+        env = {**inherited, "MIN_DELAY": "0", "MAX_DELAY": "100", "CATCHUP_INTERVAL": "300",
+               "REPLICATION_SECRET": "local-secret", "WRITE_TIMEOUT": "3000", **settings}
         super().__init__(self.data_dir, free_port_block(), env=env, quiet=True)
         self.base = self.port("leader")
         self.start()
@@ -47,8 +49,6 @@ def cluster(tmp_path):
 
 
 def settle_and_check(cluster, name, result, prefix):
-    import time
-
     started = time.monotonic()
     wait_converged(cluster.base, timeout=60)
     converge_s = time.monotonic() - started
@@ -58,7 +58,8 @@ def settle_and_check(cluster, name, result, prefix):
     assert verdict.valid, (verdict.lost[:10], verdict.unexpected[:10], verdict.partial[:10])
     assert all(d == data["leader"] for d in data.values())
     assert compare_logs([cluster.log_path(n) for n in NAMES])["equal"]
-    assert check_sequence(result, load(cluster.log_path("leader"))) == []
+    leader_log = load(cluster.log_path("leader"))
+    assert check_sequence(result, leader_log, compacted_through=min(leader_log, default=1) - 1) == []
     return verdict
 
 
@@ -115,3 +116,56 @@ def test_corrupt_middle_record_stops_the_follower_naming_file_and_offset(cluster
     cluster.restart("follower4")
     wait_converged(cluster.base)
     assert compare_logs([cluster.log_path("leader"), path])["equal"]
+
+
+# --- snapshots and log compaction ------------------------------------------------------------
+
+@pytest.fixture
+def compacting(tmp_path):
+    """A cluster that snapshots every 40 entries and keeps 10 for lagging followers: a follower
+    down for a few dozen writes needs the leader's snapshot."""
+    running = Cluster(tmp_path, SNAPSHOT_EVERY="40", RETAIN_ENTRIES="10", MAX_DELAY="30")
+    yield running
+    running.stop()
+
+
+def snapshot_status(cluster, name) -> dict:
+    return http("GET", cluster.port(name), "/status")[1]["snapshot"]
+
+
+def test_a_follower_wiped_under_load_is_restored_from_the_leaders_snapshot(compacting):
+    cluster, prefix = compacting, f"wipe-{uuid.uuid4().hex[:6]}-"
+    load_ = Load(f"http://127.0.0.1:{cluster.base}", prefix, count=300, concurrency=8, max_seconds=60).start()
+    try:
+        load_.wait_completed(60)
+        cluster.kill("follower2")
+        shutil.rmtree(os.path.join(cluster.data_dir, "follower2"))  # a disk lost: nothing of it stays
+        load_.wait_completed(200)  # meanwhile the leader compacts what follower2 would need
+        cluster.restart("follower2")
+    finally:
+        result = load_.join()
+    verdict = settle_and_check(cluster, "follower wiped, restored from a snapshot", result, prefix)
+    assert verdict.ok > 0
+    restored = snapshot_status(cluster, "follower2")
+    assert restored["installed"] == 1 and restored["seq"] > 0  # started from the leader's snapshot ...
+    assert min(load(cluster.log_path("follower2"))) > 1  # ... not from the leader's whole history
+
+
+def test_the_leader_sigkilled_right_after_a_compaction_loses_no_acknowledged_write(compacting):
+    cluster, prefix = compacting, f"compact-kill-{uuid.uuid4().hex[:6]}-"
+    load_ = Load(f"http://127.0.0.1:{cluster.base}", prefix, count=300, concurrency=8, max_seconds=60).start()
+    try:
+        wait_until(lambda: snapshot_status(cluster, "leader")["taken"] >= 2, timeout=60)
+        cluster.kill("leader")  # the log was just rewritten and the snapshot renamed into place
+        cluster.restart("leader")
+    finally:
+        result = load_.join()
+    verdict = settle_and_check(cluster, "leader SIGKILL right after a compaction", result, prefix)
+    assert verdict.ok > 0 and snapshot_status(cluster, "leader")["seq"] >= 80
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)

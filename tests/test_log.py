@@ -238,3 +238,61 @@ def test_records_encode_and_decode_whatever_codec_takes_the_value(tmp_path, valu
     path = tmp_path / "replication.log"
     path.write_bytes(HEADER + encode_record(entry(1, value=value)))
     assert next(iter_entries(str(path))).value == value
+
+
+@pytest.mark.gen_test
+async def test_compaction_keeps_what_it_is_told_and_everything_appended_after_the_mark(tmp_path):
+    log, _ = LogFile.open(str(tmp_path), "batch")
+    for seq in range(1, 11):
+        log.append(entry(seq))
+    await log.sync()
+    mark = log.mark()
+    kept = [encode_record(entry(seq)) for seq in range(6, 11)]
+    compacting = asyncio.ensure_future(log.compact(mark, kept))
+    log.append(entry(11))  # after the mark, while the bulk is written: it must survive the swap
+    before, after = await compacting
+    log.append(entry(12))  # appends go on into the new file
+    await log.sync()
+    assert after < before and log.synced == log.appended == 12
+    log.close()
+    _, replayed = LogFile.open(str(tmp_path), "batch")
+    assert [e.seq for e in replayed] == [6, 7, 8, 9, 10, 11, 12]
+    assert os.listdir(tmp_path) == [LOG_FILE_NAME]
+
+
+@pytest.mark.gen_test
+async def test_a_sync_running_on_the_old_file_during_compaction_still_completes(tmp_path, monkeypatch):
+    import threading
+
+    log, _ = LogFile.open(str(tmp_path), "always")
+    for seq in range(1, 6):
+        log.append(entry(seq))
+    await log.sync()
+    mark = log.mark()
+    old_fd, entered, release = log._file.fileno(), threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def held_on_the_old_file(fd):
+        if fd == old_fd and not release.is_set():
+            entered.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_on_the_old_file)
+    log.append(entry(6))
+    waiting = log.sync_future()  # an fsync of the old file, held in the sync thread
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+    await log.compact(mark, [encode_record(entry(5))])
+    release.set()
+    await waiting  # no error: the old file was closed only after its fsync
+    log.close()
+    _, replayed = LogFile.open(str(tmp_path), "always")
+    assert [e.seq for e in replayed] == [5, 6]
+
+
+def test_a_compaction_cut_short_by_a_crash_leaves_the_log_whole(tmp_path):
+    write_log(tmp_path, [entry(1), entry(2)])
+    (tmp_path / (LOG_FILE_NAME + ".compact")).write_bytes(HEADER + encode_record(entry(2))[:5])
+    log, replayed = LogFile.open(str(tmp_path), "batch")
+    assert [e.seq for e in replayed] == [1, 2] and os.listdir(tmp_path) == [LOG_FILE_NAME]
+    log.close()

@@ -109,3 +109,45 @@ def test_unknown_version_exits_2_naming_it(tmp_path, capsys):
     path.write_bytes(b"#kvlog 3\n" + encode_record(e(1)))
     assert logtool.main(["verify", str(path)]) == 2
     assert "format version 3; this build reads versions 1, 2" in capsys.readouterr().err
+
+
+def snap(directory, seq, entries, term=1):
+    from node import snapshot as snapshots
+    from node.store import build_state
+
+    return snapshots.write(str(directory), snapshots.Snapshot(seq, term, ((1, 1, "leader"),), build_state({}, entries)))
+
+
+def test_compare_accounts_for_what_a_snapshot_holds_and_compares_the_states(tmp_path, capsys):
+    history = [e(s) for s in range(1, 21)]
+    leader = make_log(tmp_path / "l", history[9:])  # compacted: the log keeps 10..20
+    snap(tmp_path / "l", 12, history[:12])
+    follower = make_log(tmp_path / "f", history[15:])  # restored from a snapshot at 15
+    snap(tmp_path / "f", 15, history[:15])
+    report = logtool.compare_logs([leader, follower])["logs"][0]
+    assert report["equal"] and report["missing_count"] == 0 and report["extra_count"] == 0
+    assert report["state_seq"] == 20 and report["state_equal"] is True
+    assert logtool.main(["compare", leader, follower]) == 0
+    assert "after a snapshot at seq 15" in capsys.readouterr().out
+
+
+def test_compare_finds_a_snapshot_whose_state_differs_and_entries_nobody_holds(tmp_path):
+    history = [e(s) for s in range(1, 21)]
+    leader = make_log(tmp_path / "l", history)
+    follower = make_log(tmp_path / "f", history[15:18])  # 19 and 20 never arrived
+    snap(tmp_path / "f", 15, history[:14] + [e(15, value="not what the leader had")])
+    report = logtool.compare_logs([leader, follower])["logs"][0]
+    assert report["state_equal"] is False and report["state_seq"] == 18
+    assert report["missing"] == [19, 20] and not report["equal"]
+
+
+def test_show_and_verify_read_snapshots_and_report_damage(tmp_path, capsys):
+    path = snap(tmp_path / "l", 3, [e(1), e(2), e(3, value="three")])
+    assert logtool.main(["verify", path]) == 0
+    assert "snapshot format version 1, checksums ok, seq 3, term 1, 3 keys" in capsys.readouterr().out
+    assert logtool.main(["show", path]) == 0
+    assert "key='k3'  seq=3        value=\"three\"" in capsys.readouterr().out
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-4] + b"xxx\n")
+    assert logtool.main(["verify", path]) == 2
+    assert "is damaged" in capsys.readouterr().err

@@ -122,6 +122,30 @@ class FollowerCore:
         self.leader_last_seq = None
         return removed
 
+    def compact(self, snapshot_seq: int) -> int:
+        """Forget the held entries a snapshot at ``snapshot_seq`` holds (only applied ones: a
+        snapshot is never ahead of the state); how many went."""
+        if snapshot_seq > self.store.applied_seq:
+            raise ValueError(f"a snapshot at seq {snapshot_seq} is ahead of the applied seq {self.store.applied_seq}")
+        doomed = [seq for seq in self.held if seq <= snapshot_seq]
+        for seq in doomed:
+            del self.held[seq]
+        return len(doomed)
+
+    def installed(self, snapshot_seq: int) -> None:
+        """The store now holds the leader's snapshot at ``snapshot_seq`` (this follower was too
+        far behind for the log): what it holds up to there is superseded, what it holds beyond
+        applies on top, in order."""
+        for seq in [s for s in self.held if s <= snapshot_seq]:
+            del self.held[seq]
+            self.pending.pop(seq, None)
+        self._apply_ready()
+
+    def stored_entries(self) -> list[Entry]:
+        """Every entry stored, durable or still being synced, in seq order: what a compacted
+        log must keep."""
+        return sorted([*self.held.values(), *self.inflight.values()], key=lambda e: e.seq)
+
     def beyond_applied(self) -> frozenset[int]:
         """Seqs held durably past a gap."""
         return frozenset(self.pending)

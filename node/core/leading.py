@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.core.compaction import needs_snapshot
 from node.core.progress import FollowerProgress
 from node.core.quorum import QuorumTimeout, WriteQuorum
 from node.core.shipping import Batch, FollowerChannel
@@ -47,22 +48,29 @@ def is_refusal(status: int) -> bool:
 
 
 class LeaderCore:
-    """Numbering, the entries (``entries[i].seq == i + 1``), one channel per follower, the quorum.
+    """Numbering, the entries kept (``entries[i].seq == first_seq + i``), one channel per
+    follower, the quorum.
 
-    Delays are drawn from ``rng`` (seeded by ``DELAY_SEED`` for repeatable studies): one draw
-    per follower per entry, in the order of ``followers``.
+    A snapshot at ``base_seq`` holds everything up to it, so the entries kept start at most
+    one after it (earlier, for followers that lag: see :meth:`compact`); without a snapshot
+    they start at 1. Delays are drawn from ``rng`` (seeded by ``DELAY_SEED`` for repeatable
+    studies): one draw per follower per entry, in the order of ``followers``.
     """
 
     def __init__(self, followers: list[str], quorum: int, timeout_ms: int, min_delay_ms: float,
                  max_delay_ms: float, linger_us: int = 0, max_batch_bytes: int = 1 << 20,
-                 rng: random.Random | None = None, entries: list[Entry] = (), term: int = 1) -> None:
+                 rng: random.Random | None = None, entries: list[Entry] = (), term: int = 1,
+                 base_seq: int = 0) -> None:
         self.term = term
-        self.entries: list[Entry] = []
-        for entry in entries:
-            if entry.seq != len(self.entries) + 1:
-                raise LeaderLogError(f"jumps from seq {len(self.entries)} to {entry.seq}; "
-                                     f"a leader log must hold every entry from 1 in order")
-            self.entries.append(entry)
+        self.entries: list[Entry] = list(entries)
+        self.first_seq = self.entries[0].seq if self.entries else base_seq + 1
+        if self.first_seq > base_seq + 1:
+            raise LeaderLogError(f"starts at seq {self.first_seq}, but the snapshot holds only up to seq {base_seq}; "
+                                 f"a leader log must hold every entry after its snapshot")
+        for i, entry in enumerate(self.entries):
+            if entry.seq != self.first_seq + i:
+                raise LeaderLogError(f"jumps from seq {self.first_seq + i - 1} to {entry.seq}; "
+                                     f"a leader log must hold every entry in order")
         self.min_delay_ms, self.max_delay_ms = min_delay_ms, max_delay_ms
         self.rng = rng or random.Random()
         self.progress = {address: FollowerProgress(address) for address in followers}
@@ -72,7 +80,28 @@ class LeaderCore:
 
     @property
     def last_seq(self) -> int:
-        return len(self.entries)
+        return self.first_seq + len(self.entries) - 1
+
+    def entries_from(self, seq: int) -> list[Entry]:
+        """The entries kept from ``seq`` on (a snapshot being built reads these)."""
+        return self.entries[max(0, seq - self.first_seq):]
+
+    def compact(self, keep_from: int) -> int:
+        """Forget the entries before ``keep_from`` (a snapshot holds them); how many went."""
+        drop = max(0, min(keep_from, self.last_seq + 1) - self.first_seq)
+        if drop:
+            del self.entries[:drop]
+            self.first_seq += drop
+        return drop
+
+    def matches(self) -> dict[str, int]:
+        """Each follower's confirmed prefix, by address (what compaction must keep for them)."""
+        return {address: p.match for address, p in self.progress.items()}
+
+    def installing(self, address: str, yes: bool) -> None:
+        """A follower installs a snapshot (a learner until it pulls from the log again): its
+        confirmations do not count towards the write quorum meanwhile."""
+        self.progress[address].installing = yes
 
     @property
     def in_flight(self) -> int:
@@ -137,14 +166,21 @@ class LeaderCore:
     def refused(self, address: str, error: str, now: float) -> None:
         self.channels[address].refused(error, now)
 
-    def pulled(self, node_id: str, after: int) -> None:
+    def pulled(self, node_id: str, after: int, address: str | None = None) -> bool:
         """A follower asked for the entries after ``after``: it holds everything up to it (its
-        progress, for ``/status``; not a confirmation, see :meth:`answered`)."""
-        for progress in self.progress.values():
-            if progress.node_id == node_id:
+        progress, for ``/status``; not a confirmation, see :meth:`answered`). False if what it
+        needs next was compacted away: it must install a snapshot first."""
+        servable = not needs_snapshot(after + 1, self.first_seq)
+        for known, progress in self.progress.items():
+            if progress.node_id == node_id or known == address:
                 progress.reported_applied(after)
+                if servable:
+                    progress.installing = False  # a full follower again: the log serves it
+        return servable
 
     def _confirm(self, address: str, seqs: list[int]) -> list[tuple[int, int]]:
+        if self.progress[address].installing:
+            return []
         acknowledged = []
         for seq in seqs:
             confirmations = self.quorum.confirm(seq, address)
@@ -153,9 +189,10 @@ class LeaderCore:
         return acknowledged
 
     def entries_between(self, after: int, upto: int | None, limit: int) -> list[Entry]:
-        """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``."""
-        start = max(after, 0)
-        end = self.last_seq if upto is None else min(upto, self.last_seq)
+        """Entries with ``after < seq <= upto`` (``upto`` defaults to the last), at most ``limit``,
+        of those kept (a caller asking for compacted ones checks :func:`needs_snapshot` first)."""
+        start = max(after + 1, self.first_seq) - self.first_seq
+        end = (self.last_seq if upto is None else min(upto, self.last_seq)) - self.first_seq + 1
         return self.entries[start:max(start, min(end, start + limit))]
 
     def close(self) -> None:

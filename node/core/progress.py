@@ -22,6 +22,7 @@ class FollowerProgress:
         self._ahead: set[int] = set()
         self.last_error: str | None = None
         self.failing_since: float | None = None
+        self.installing = False  # fetching a snapshot: confirms nothing towards the quorum
         self.requests = 0  # confirmed /replicate requests ...
         self.entries_sent = 0  # ... and the entries they carried (their ratio: the batching)
 
