@@ -131,9 +131,12 @@ class Compactor:
         entries = self._entries_through(seq)
         history = tuple(item for item in self.node.state.history if item[1] <= seq)
         term = entries[-1].term if entries else term_at(history, seq)
-        base = self.load_base() if self.base_path else None
+        preloaded, self._preloaded = self._preloaded, None
         path, size = await asyncio.get_running_loop().run_in_executor(
-            None, _build_and_write, self.config.data_dir, base[0] if base else {}, entries, seq, term, history)
+            None, _build_and_write, self.config.data_dir, preloaded, self.base_path, entries, seq, term, history)
+        if seq <= self.base_seq:  # a newer snapshot was installed from the leader meanwhile
+            return {"taken": False, "seq": self.base_seq, "reason": f"a snapshot at seq {self.base_seq} was installed "
+                                                                    f"while this one was written"}
         self._adopt(seq, term, path)
         compacted = await self.compact()
         self.last_error = None
@@ -203,9 +206,12 @@ class Compactor:
                 "last": self.last, "last_error": self.last_error}
 
 
-def _build_and_write(data_dir: str, base: State, entries: list, seq: int, term: int, history) -> tuple[str, int]:
-    """The new snapshot's state from the previous one and the entries after it, written durably
-    (a worker thread's part of :meth:`Compactor.take`)."""
-    found = Snapshot(seq=seq, term=term, history=history, data=build_state(base, entries))
+def _build_and_write(data_dir: str, preloaded: Snapshot | None, base_path: str | None, entries: list, seq: int,
+                     term: int, history) -> tuple[str, int]:
+    """The new snapshot's state from the previous one (read here, off the loop, unless it is
+    still in memory from the start) and the entries after it, written durably (a worker
+    thread's part of :meth:`Compactor.take`)."""
+    base = preloaded or (snapshots.read(base_path) if base_path else None)
+    found = Snapshot(seq=seq, term=term, history=history, data=build_state(base.data if base else {}, entries))
     path = snapshots.write(data_dir, found)
     return path, os.path.getsize(path)

@@ -177,10 +177,17 @@ class Compose:
         subprocess.run(["docker", action, *extra, self.container(service)], check=True, capture_output=True)
 
     def copy_log(self, service: str, dest: str) -> str:
-        """Copy a node's log file out of its container (works while it is stopped too)."""
-        subprocess.run(["docker", "cp", f"{self.container(service)}:/data/replication.log", dest],
-                       check=True, capture_output=True)
-        return dest
+        """Copy a node's data directory out of its container (works while it is stopped too) to
+        the directory ``dest``, and return the path of the log in it: the snapshots beside the
+        log come along, so that ``node.logtool`` reads a compacted log whole."""
+        shutil.rmtree(dest, ignore_errors=True)  # docker cp would copy into an existing directory
+        subprocess.run(["docker", "cp", f"{self.container(service)}:/data", dest], check=True, capture_output=True)
+        return os.path.join(dest, "replication.log")
+
+    def wipe(self, service: str) -> None:
+        """Remove a node's container and its data volume (a lost disk); ``up`` starts it empty."""
+        self.run("rm", "--stop", "--force", service)
+        subprocess.run(["docker", "volume", "rm", f"{self.project}_{service}-data"], check=True, capture_output=True)
 
     def down(self, volumes: bool = False) -> None:
         self.run("down", "--remove-orphans", *(["-v"] if volumes else []), check=False)

@@ -268,6 +268,8 @@ class Leader:
                 return
             for seq, confirmations in self.core.answered(address, applied, node_id, now):
                 self._resolve(seq, confirmations=confirmations)
+            if self.host is not None:  # the commit point may have moved: a snapshot may be due
+                self.host.compactor.poke()
         elif response.code == 409 and self._later_term(response.body):
             self.core.failed(address, f"HTTP 409: {response.body[:300]!r}", now)
         elif is_refusal(response.code):

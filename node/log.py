@@ -171,21 +171,37 @@ class Fingerprints:
     DENSE_GROWTH = 1 << 16  # beyond this jump ahead, keep the seq in a dict instead
 
     def __init__(self) -> None:
-        self._dense = array("I")
+        self._dense = array("I")  # _dense[i] is seq _first + i
+        self._first = 1
         self._sparse: dict[int, int] = {}
 
     def get(self, seq: int) -> int:
-        held = self._dense[seq - 1] if seq <= len(self._dense) else 0
+        i = seq - self._first
+        held = self._dense[i] if 0 <= i < len(self._dense) else 0
         return held or self._sparse.get(seq, 0)
 
     def set(self, seq: int, value: int) -> None:
-        missing = seq - len(self._dense)
+        if seq < self._first:
+            return  # forgotten: a snapshot holds it, and nothing below it is compared again
+        missing = seq - self._first + 1 - len(self._dense)
         if 0 < missing <= self.DENSE_GROWTH:
             self._dense.extend(array("I", bytes(4 * missing)))
-        if seq <= len(self._dense):
-            self._dense[seq - 1] = value
+        if seq - self._first < len(self._dense):
+            self._dense[seq - self._first] = value
         else:
             self._sparse[seq] = value
+
+    def forget_through(self, seq: int) -> None:
+        """Drop the fingerprints up to ``seq`` (a snapshot holds those entries), so that they
+        cost memory for the entries since the snapshot, not for the whole history."""
+        drop = min(len(self._dense), seq - self._first + 1)
+        if drop > 0:
+            del self._dense[:drop]
+            self._first += drop
+        if not self._dense:
+            self._first = max(self._first, seq + 1)
+        for old in [s for s in self._sparse if s <= seq]:
+            del self._sparse[old]
 
 
 def _decode_record(line: bytes, version: int = VERSION) -> Entry:

@@ -21,7 +21,9 @@ from tests.net import free_port_block, http
 # tests/test_failover_auto_docker.py turns automatic failover on for its own cases.
 E2E_SETTINGS = {"MIN_DELAY": "0", "MAX_DELAY": "300", "WRITE_QUORUM": "2", "WRITE_TIMEOUT": "3000",
                 "CATCHUP_INTERVAL": "1000", "RESTART_POLICY": "no", "PUBLISH_HOST": "127.0.0.1",
-                "FAILOVER": "manual", "LEADER_TTL": "2000"}
+                "FAILOVER": "manual", "LEADER_TTL": "2000",
+                # Every Compose test runs with compaction on: a fault case's load takes a few snapshots.
+                "SNAPSHOT_EVERY": "60", "RETAIN_ENTRIES": "20"}
 
 
 def require_docker() -> None:

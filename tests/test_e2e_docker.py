@@ -8,7 +8,7 @@ import json
 import pytest
 
 from node.handlers import OPENAPI_PATH
-from node.logtool import compare_logs
+from node.logtool import compare_logs, load
 from tests.dockerenv import http, wait_converged
 
 pytestmark = pytest.mark.docker
@@ -45,7 +45,7 @@ def test_writes_reach_every_follower_and_logs_are_equal(compose, tmp_path):
         assert status == 200 and answer["value"] == {"n": 7}
     report = logs_equal(compose, tmp_path)
     assert report["equal"], report
-    assert report["entries"] == leader["applied_seq"]
+    assert max(load(report["reference"])) == leader["applied_seq"]  # the log runs to the last entry
 
 
 def test_every_container_serves_the_api_description(compose):

@@ -40,10 +40,14 @@ async def converged(cluster, names):
     return all(s["data"] == statuses[0]["data"] and s["applied_seq"] == statuses[0]["applied_seq"] for s in statuses)
 
 
-@pytest.mark.parametrize("quorum", [1, 3, 5])
+COMPACTING = {"SNAPSHOT_EVERY": "7", "RETAIN_ENTRIES": "3"}  # two snapshots in 20 writes, on every node
+
+
+@pytest.mark.parametrize("quorum, compaction", [(1, {}), (3, {}), (5, {}), (3, COMPACTING)],
+                         ids=["W=1", "W=3", "W=5", "W=3, logs compacted"])
 @pytest.mark.gen_test(timeout=90)
-async def test_leader_lost_then_a_follower_promoted_keeps_every_acknowledged_write(make_cluster, quorum):
-    async with make_cluster(WRITE_QUORUM=str(quorum), MAX_DELAY="30") as cluster:
+async def test_leader_lost_then_a_follower_promoted_keeps_every_acknowledged_write(make_cluster, quorum, compaction):
+    async with make_cluster(WRITE_QUORUM=str(quorum), MAX_DELAY="30", **compaction) as cluster:
         acknowledged = {}
         for i in range(20):
             status, answer = await cluster.request("leader", "POST", "/write", {"key": f"k{i}", "value": i})
@@ -71,6 +75,8 @@ async def test_leader_lost_then_a_follower_promoted_keeps_every_acknowledged_wri
         for name in names:
             health = (await cluster.request(name, "GET", "/health"))[1]
             assert (health["term"], health["leader_id"]) == (2, "follower3"), (name, health)
+        if compaction:  # the promotion and the rejoin started from snapshots, not from seq 1
+            assert all(node.compactor.base_seq > 0 for node in cluster.nodes.values())
 
 
 async def _role_is(cluster, name, role):

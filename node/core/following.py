@@ -130,6 +130,7 @@ class FollowerCore:
         doomed = [seq for seq in self.held if seq <= snapshot_seq]
         for seq in doomed:
             del self.held[seq]
+        self.fingerprints.forget_through(snapshot_seq)
         return len(doomed)
 
     def installed(self, snapshot_seq: int) -> None:
@@ -139,6 +140,7 @@ class FollowerCore:
         for seq in [s for s in self.held if s <= snapshot_seq]:
             del self.held[seq]
             self.pending.pop(seq, None)
+        self.fingerprints.forget_through(snapshot_seq)
         self._apply_ready()
 
     def stored_entries(self) -> list[Entry]:

@@ -109,3 +109,20 @@ def test_a_store_reset_goes_back_to_its_snapshot():
     assert store.applied_seq == 4 and store.get("a") == ("x", 4) and "z" not in store
     store.apply(entry(5, "b"))
     assert store.export() == {"a": ["x", 4], "b": [5, 5]}
+
+
+def test_fingerprints_below_a_snapshot_are_forgotten_and_the_rest_kept():
+    from node.log import Fingerprints
+
+    prints = Fingerprints()
+    for seq in range(1, 11):
+        prints.set(seq, seq * 7)
+    prints.set(10 + Fingerprints.DENSE_GROWTH * 2, 99)  # far ahead: the sparse part
+    prints.forget_through(6)
+    assert [prints.get(s) for s in (5, 6, 7, 10)] == [0, 0, 49, 70]
+    prints.set(3, 1)  # below what was forgotten: nothing to compare with any more
+    assert prints.get(3) == 0
+    prints.set(12, 5)
+    assert prints.get(12) == 5 and prints.get(10 + Fingerprints.DENSE_GROWTH * 2) == 99
+    prints.forget_through(10 + Fingerprints.DENSE_GROWTH * 2)
+    assert prints.get(10 + Fingerprints.DENSE_GROWTH * 2) == 0 and prints.get(12) == 0
