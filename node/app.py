@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -18,6 +19,7 @@ from tornado.web import Application
 from node import handlers as h
 from node.compaction import load_newest
 from node.config import Config, ConfigError, load_config
+from node.join import joining, with_peers_from_cluster
 from node.leader import LeaderLogError
 from node.limits import Limits
 from node.log import LogCorruptError, LogFile
@@ -50,6 +52,7 @@ def routes(node) -> list:
         (r"/log", h.LogHandler, args),
         (r"/snapshot", h.SnapshotHandler, args),
         (r"/admin/snapshot", h.TakeSnapshotHandler, args),
+        (r"/admin/members", h.MembersHandler, args),
         (r"/admin/promote", h.PromoteHandler, args),
         (r"/admin/promise", h.PromiseHandler, args),
         (r"/admin/entries", h.EntriesHandler, args),
@@ -189,7 +192,7 @@ def event_loop_runner():
 
 def main() -> None:
     try:
-        config = load_config()
+        config = load_config(with_peers_from_cluster(os.environ) if joining(os.environ) else None)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -32,7 +32,6 @@ import time
 from node import snapshot as snapshots
 from node.core.compaction import first_to_keep, snapshot_due
 from node.core.terms import term_at
-from node.log import encode_record
 from node.snapshot import Snapshot, SnapshotError
 from node.store import State, build_state
 
@@ -64,6 +63,7 @@ class Compactor:
         self.config = node.config
         self.base_seq = found.seq if found else 0
         self.base_term = found.term if found else 0
+        self.base_members = found.members if found else None  # None: the membership PEERS gives
         self.base_path = os.path.join(snapshots.directory_in(self.config.data_dir),
                                       snapshots.file_name(found.seq)) if found else None
         self.previous_seq = self._previous_seq()
@@ -131,13 +131,16 @@ class Compactor:
         entries = self._entries_through(seq)
         history = tuple(item for item in self.node.state.history if item[1] <= seq)
         term = entries[-1].term if entries else term_at(history, seq)
+        members = next((e.value["members"] for e in reversed(entries) if e.op == "members"), self.base_members)
         preloaded, self._preloaded = self._preloaded, None
         path, size = await asyncio.get_running_loop().run_in_executor(
-            None, _build_and_write, self.config.data_dir, preloaded, self.base_path, entries, seq, term, history)
+            None, _build_and_write, self.config.data_dir, preloaded, self.base_path, entries, seq, term, history,
+            members)
         if seq <= self.base_seq:  # a newer snapshot was installed from the leader meanwhile
             return {"taken": False, "seq": self.base_seq, "reason": f"a snapshot at seq {self.base_seq} was installed "
                                                                     f"while this one was written"}
         self._adopt(seq, term, path)
+        self.base_members = members
         compacted = await self.compact()
         self.last_error = None
         self.taken += 1
@@ -176,11 +179,11 @@ class Compactor:
             core = role.core
             matches = core.matches()
             keep = first_to_keep(self.base_seq, matches, set(matches), core.last_seq, self.config.retain_entries)
-            kept = [encode_record(e) for e in core.entries_from(min(keep, self.previous_seq + 1))]
+            kept = core.entries_from(min(keep, self.previous_seq + 1))
             mark = log_file.mark()
             dropped = core.compact(keep)
         else:
-            kept = [encode_record(e) for e in role.core.stored_entries() if e.seq > self.previous_seq]
+            kept = [e for e in role.core.stored_entries() if e.seq > self.previous_seq]
             mark = log_file.mark()
             dropped = role.core.compact(min(self.base_seq, node.store.applied_seq))
         before, after = await log_file.compact(mark, kept)
@@ -194,6 +197,7 @@ class Compactor:
         self.previous_seq = 0  # nothing before the leader's snapshot is kept: it may be another history
         self.installed_count += 1
         self.base_seq, self.base_term, self.base_path = found.seq, found.term, path
+        self.base_members = found.members
         self._preloaded = None
         for doomed in snapshots.prune(self.config.data_dir, KEEP_SNAPSHOTS):
             log.info("deleted the old snapshot %s", doomed)
@@ -207,11 +211,12 @@ class Compactor:
 
 
 def _build_and_write(data_dir: str, preloaded: Snapshot | None, base_path: str | None, entries: list, seq: int,
-                     term: int, history) -> tuple[str, int]:
+                     term: int, history, members: list | None) -> tuple[str, int]:
     """The new snapshot's state from the previous one (read here, off the loop, unless it is
     still in memory from the start) and the entries after it, written durably (a worker
     thread's part of :meth:`Compactor.take`)."""
     base = preloaded or (snapshots.read(base_path) if base_path else None)
-    found = Snapshot(seq=seq, term=term, history=history, data=build_state(base.data if base else {}, entries))
+    found = Snapshot(seq=seq, term=term, history=history, data=build_state(base.data if base else {}, entries),
+                     members=members)
     path = snapshots.write(data_dir, found)
     return path, os.path.getsize(path)

@@ -160,7 +160,8 @@ _HINTS = {
                           "e.g. REPLICATION_SECRET=$(openssl rand -hex 16)",
     "ROLE": "set ROLE=leader or ROLE=follower",
     "PEERS": "every node needs PEERS=id=host:port,... listing all nodes of the cluster, itself included, "
-             "e.g. PEERS=leader=leader:8000,follower1=follower1:8000",
+             "e.g. PEERS=leader=leader:8000,follower1=follower1:8000 (or, to join a running cluster, "
+             "LEADER=host:port of one of its nodes)",
 }
 
 

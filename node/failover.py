@@ -143,7 +143,7 @@ class Coordinator:
         window = self.ttl_s + self.node.config.catchup_interval_ms / 1000
         config = self.node.config
         return (in_touch(self.node.role_obj.last_heard, time.monotonic(), window),
-                contact_quorum(len(config.followers), config.write_quorum))
+                contact_quorum(len(self.node.voters(config.node_id)), config.write_quorum))
 
     async def _read_etcd(self) -> None:
         try:
@@ -211,6 +211,9 @@ class Coordinator:
 
     async def _check_health(self) -> None:
         """The key is free: race for it only if this node is the healthiest follower."""
+        if self.node.config.node_id in self.node.members.learners():
+            self.last_decision = "this node is a learner (still catching up after joining): it does not race"
+            return
         now = self.clock()
         if self._leaderless_since is None:
             self._leaderless_since = now
@@ -318,7 +321,7 @@ class Coordinator:
         histories = [self.node.state.history] + [check_history(a["history"]) for a in answers]
         newest = max(histories, key=lambda h: h[-1][0] if h else 0)
         deposed = last_leader(newest)
-        return [node_id for node_id, _ in self.node.config.peers if node_id != deposed]
+        return self.node.electorate(deposed, answers)
 
     def _my_position(self) -> Position:
         holding = self.node.holding()

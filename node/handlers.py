@@ -19,12 +19,14 @@ from typing import Any
 from tornado.web import RequestHandler, stream_request_body
 
 from node import codec
+from node.config import ConfigError, parse_address
 from node.core.terms import StaleTerm, check_history, term_at
 from node.follower import EntryConflict, ShuttingDown
 from node.leader import LeaderStopping, WriteTimeout
 from node.log import Entry, EntryError
 from node.peers import SECRET_HEADER
 from node.replica import NotLeader
+from node.snapshot import SnapshotError
 from node.validation import (
     ApiError,
     BoundedBody,
@@ -32,6 +34,7 @@ from node.validation import (
     json_type,
     parse_seq,
     query_values,
+    shown,
     validate_key,
 )
 
@@ -416,7 +419,7 @@ class SnapshotHandler(BaseHandler):
         self.check_secret()
         node_id = self.get_query_argument("node_id", "")
         if node_id and self.node.config.address_of(node_id) is None:
-            raise ApiError(400, f"node_id {node_id!r} is not a node of PEERS")
+            raise ApiError(400, f"node_id {shown(node_id)} is not a member of the cluster")
         compactor = self.node.compactor
         path = compactor.base_path
         if path is None:
@@ -443,11 +446,62 @@ class TakeSnapshotHandler(BaseHandler):
         if self._body.too_large or b"".join(self._body.chunks).strip():
             body = self.json_body()
             if body != {}:
-                raise ApiError(400, f"POST /admin/snapshot takes no body (or {{}}); got a JSON {json_type(body)}")
+                got = f"the fields {sorted(body)[:5]}" if isinstance(body, dict) else f"a JSON {json_type(body)}"
+                raise ApiError(400, f"POST /admin/snapshot takes no body, or {{}}; got {got}")
         try:
             self.send_json(await self.node.compactor.take("POST /admin/snapshot"))
-        except RuntimeError as exc:
-            raise ApiError(503, f"snapshot not taken: {exc}") from None
+        except (RuntimeError, OSError, SnapshotError) as exc:
+            raise ApiError(503, f"snapshot not taken: {type(exc).__name__}: {exc}; the log is left as it is "
+                                f"(see the node's log and /status)") from None
+
+
+MEMBERS_BODY = 'a membership change is {"add": {"node_id": id, "address": "host:port"}} or {"remove": id}'
+
+
+def parse_member_change(body: Any) -> dict:
+    """One change: an add (a new node id and its address) or a remove (a node id)."""
+    if not isinstance(body, dict) or len(body) != 1 or set(body) - {"add", "remove"}:
+        raise ApiError(400, f"{MEMBERS_BODY}; got {sorted(body) if isinstance(body, dict) else json_type(body)}")
+    if "remove" in body:
+        if not isinstance(body["remove"], str) or not body["remove"]:
+            raise ApiError(400, f"remove takes a node id (a non-empty string), got {json_type(body['remove'])}")
+        return body
+    new = body["add"]
+    if not isinstance(new, dict) or set(new) != {"node_id", "address"} or not all(isinstance(v, str) for v in new.values()):
+        raise ApiError(400, f"add takes exactly {{\"node_id\": string, \"address\": \"host:port\"}}; {MEMBERS_BODY}")
+    if not new["node_id"] or len(new["node_id"]) > 64 or not new["node_id"].replace("-", "").replace("_", "").isalnum():
+        raise ApiError(400, f"node_id {new['node_id'][:70]!r} must be 1..64 letters, digits, '-' or '_'")
+    try:
+        parse_address("address", new["address"])
+    except ConfigError as exc:
+        raise ApiError(400, str(exc)) from None
+    return body
+
+
+class MembersHandler(BaseHandler):
+    """Internal /admin/members: GET the membership in force (any node); POST one change (the
+    leader), written to the log and answered like a write once W followers hold it."""
+
+    async def get(self) -> None:
+        self.check_secret()
+        self.send_json(self.node.members_status())
+
+    async def post(self) -> None:
+        self.check_secret()
+        self.ensure_leader()
+        change = parse_member_change(self.json_body())
+        try:
+            with self.node.writes:  # a graceful shutdown lets it get its answer
+                answer = await self.node.change_members(change)
+        except NotLeader:
+            raise not_leader_error(self.node) from None
+        except WriteTimeout as timeout:
+            raise timeout_error(timeout) from None
+        except LeaderStopping as stopping:
+            raise ApiError(503, str(stopping), success=False, seq=stopping.seq, outcome="unknown",
+                           confirmations=stopping.confirmations, quorum=stopping.quorum) from None
+        self.send_json({**write_answer(self.node, "members", None, answer.entry.value, answer),
+                        **self.node.members_status()})
 
 
 class PromoteHandler(BaseHandler):

@@ -268,8 +268,9 @@ class Leader:
                 return
             for seq, confirmations in self.core.answered(address, applied, node_id, now):
                 self._resolve(seq, confirmations=confirmations)
-            if self.host is not None:  # the commit point may have moved: a snapshot may be due
-                self.host.compactor.poke()
+            if self.host is not None:  # the commit point may have moved: a snapshot may be due,
+                self.host.compactor.poke()  # a learner may have caught up
+                self.host.check_learners()
         elif response.code == 409 and self._later_term(response.body):
             self.core.failed(address, f"HTTP 409: {response.body[:300]!r}", now)
         elif is_refusal(response.code):
@@ -314,8 +315,13 @@ class Leader:
         return self.core.entries_between(after, upto, limit)
 
     def note_follower_pull(self, node_id: str, after: int) -> bool:
-        """Note a follower's pull; False if it needs a snapshot (what follows ``after`` is compacted)."""
-        return self.core.pulled(node_id, after, self.config.address_of(node_id))
+        """Note a follower's pull; False if it needs a snapshot (what follows ``after`` is compacted).
+        A learner pulls every CATCHUP_INTERVAL even when no write comes: the moment to see
+        whether it caught up."""
+        servable = self.core.pulled(node_id, after, self.config.address_of(node_id))
+        if self.host is not None:
+            self.host.check_learners()
+        return servable
 
     def note_snapshot_fetch(self, node_id: str) -> None:
         """A follower fetches the snapshot: a learner until it pulls from the log again."""
@@ -334,6 +340,7 @@ class Leader:
                 "entries_sent": p.entries_sent,
                 "entries_per_request": round(p.entries_sent / p.requests, 2) if p.requests else None,
                 "installing_snapshot": p.installing,
+                "learner": p.learner,
             }
             for address, p in self.core.progress.items()
         }

@@ -53,7 +53,8 @@ READS_VERSIONS = (1, 2)  # the formats it reads; 1 is upgraded on open
 HEADER_PREFIX = b"#kvlog "
 HEADER = HEADER_PREFIX + b"%d\n" % VERSION
 # "noop" changes no key: a new leader's term-start entry, or a seq nobody held at a failover.
-OPS = ("set", "delete", "clear", "noop")
+# "members" changes no key either: it carries the cluster's membership from its seq on.
+OPS = ("set", "delete", "clear", "noop", "members")
 LOG_FILE_NAME = "replication.log"
 UPGRADE_SUFFIX = ".upgrade"  # the converted log is written here, then renamed over the old one
 COMPACT_SUFFIX = ".compact"  # the compacted log is written here, then renamed over the old one
@@ -130,10 +131,21 @@ class Entry:
             raise EntryError(f"entry key must be a non-empty string for op {op!r}")
         if not isinstance(ts, (int, float)) or isinstance(ts, bool):
             raise EntryError(f"entry ts must be a number, got {ts!r}")
+        if op == "members":
+            _check_members(data["value"])
         term = data.get("term", 1)  # absent: sent by a node that predates terms
         if type(term) is not int or term < 1:
             raise EntryError(f"entry term must be an integer >= 1, got {term!r}")
         return cls(seq=seq, op=op, key=key, value=data["value"], ts=float(ts), term=term)
+
+
+def _check_members(value: Any) -> None:
+    from node.core.membership import Membership, MembershipError
+
+    try:
+        Membership.from_json(value.get("members") if isinstance(value, dict) else None)
+    except MembershipError as exc:
+        raise EntryError(f"a members entry's value is {{\"members\": [...]}}: {exc}") from None
 
 
 def _canonical(entry: Entry) -> bytes:
@@ -496,8 +508,8 @@ class LogFile:
         self._file.flush()
         return self._file.tell()
 
-    async def compact(self, mark: int, kept: list[bytes]) -> tuple[int, int]:
-        """Replace the log by ``kept`` (records written before ``mark`` that must stay) and
+    async def compact(self, mark: int, kept: list[Entry]) -> tuple[int, int]:
+        """Replace the log by ``kept`` (entries written before ``mark`` that must stay) and
         every record written since ``mark``; return the file's size before and after.
 
         Log compaction by rewrite, not by segments: the file stays one file in one format that
@@ -511,7 +523,7 @@ class LogFile:
         """
         temporary = self.path + COMPACT_SUFFIX
         loop = asyncio.get_running_loop()
-        new = await loop.run_in_executor(None, _write_synced, temporary, HEADER + b"".join(kept))
+        new = await loop.run_in_executor(None, _write_synced, temporary, kept)
         try:
             self._file.flush()
             before = self._file.tell()
@@ -582,12 +594,14 @@ def _upgrade_v1(path: str, records: list[Record]) -> int:
     return size
 
 
-def _write_synced(path: str, data: bytes):
-    """A new file holding ``data``, synced, left open for more (a worker thread's part of
-    :meth:`LogFile.compact`)."""
+def _write_synced(path: str, entries: list[Entry]):
+    """A new log holding ``entries``, synced, left open for more (a worker thread's part of
+    :meth:`LogFile.compact`). Encoded one by one as they are written: the rewrite costs the
+    loop nothing and memory no second copy of the log."""
     f = open(path, "w+b")
     try:
-        f.write(data)
+        f.write(HEADER)
+        f.writelines(encode_record(entry) for entry in entries)
         f.flush()
         os.fsync(f.fileno())
     except BaseException:

@@ -18,6 +18,7 @@ pure functions in ``node.core.terms``. The handlers talk only to this object.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -28,6 +29,9 @@ from node import snapshot as snapshots
 from node.compaction import Compactor, SnapshotRefused
 from node.config import Config
 from node.core.compaction import needs_snapshot
+from node.core.membership import Membership, MembershipError, change_allowed, learner_ready, promote_learner
+from node.core.membership import add as add_member
+from node.core.membership import remove as remove_member
 from node.core.terms import (
     Holding,
     PromiseRefused,
@@ -44,7 +48,7 @@ from node.core.terms import (
 from node.follower import Follower
 from node.leader import Leader
 from node.limits import Limits
-from node.log import Entry, LogFile, encode_record, fsync_dir
+from node.log import Entry, LogFile, fsync_dir
 from node.rollback import save_rollback
 from node.snapshot import Snapshot
 from node.store import Store
@@ -54,6 +58,9 @@ from node.validation import ApiError
 log = logging.getLogger(__name__)
 
 PROMISE_TIMEOUT_S = 3.0
+# A learner within this many entries of the leader's last one becomes a full follower: a write
+# that waits for it then waits for little more than its own send.
+LEARNER_MAX_LAG = 100
 FETCH_PAGE = 1000
 
 
@@ -88,11 +95,146 @@ class Replica:
         self._transition = asyncio.Lock()
         self.background = TaskGroup("terms")
         self.coordinator = None  # node.failover.Coordinator, when ETCD_ENDPOINTS is set
+        self.members, self.members_seq = self._base_members()
+        self.previous_members = self.members  # in force before the newest change (until it is committed)
+        self.store.on_members = self._members_entry
+        self._adopt_members()
+        self._changing_members = False
+        self._counting_pending = False  # a change not committed yet: check_learners widens the count once it is
         self.role_obj: Leader | Follower = self._make_role(entries)
+        self._members_to_role()
         self._promoting = False
         self._started = False
         if isinstance(self.role_obj, Follower) and self.state.history:
             self._roll_back_to(self.state.history, self.state.term)  # if a crash interrupted one
+
+    # --- membership ------------------------------------------------------------------------
+
+    def _base_members(self) -> tuple[Membership, int]:
+        """The membership of the snapshot the node starts from, or the one PEERS gives."""
+        if self.compactor.base_members is not None:
+            return Membership.from_json(self.compactor.base_members), self.compactor.base_seq
+        return Membership.of(self.config.peers), 0
+
+    def _members_entry(self, entry: Entry) -> None:
+        """A "members" entry was applied: the membership it carries is in force from its seq on
+        (on the leader from when it is appended, as in raft; on a follower once applied)."""
+        if entry.seq <= self.members_seq:
+            return
+        self.previous_members = self.members
+        self.members, self.members_seq = Membership.from_json(entry.value["members"]), entry.seq
+        self._adopt_members()
+        self._members_to_role()
+        self._counting_pending = True
+        log.info("membership from seq %d: %s", entry.seq, entry.value.get("change") or self.members.to_json())
+
+    def _recompute_members(self, entries: list[Entry]) -> None:
+        """After a rollback: the membership of the base snapshot and of the entries still held."""
+        self.members, self.members_seq = self._base_members()
+        for entry in entries:
+            if entry.op == "members" and entry.seq <= self.store.applied_seq:
+                self.members, self.members_seq = Membership.from_json(entry.value["members"]), entry.seq
+        self._adopt_members()
+        self._members_to_role()
+
+    def _adopt_members(self) -> None:
+        """Every node's peers are the members; a node that was removed keeps itself in its list."""
+        peers = self.members.peers
+        if self.config.node_id not in dict(peers):
+            peers += ((self.config.node_id, self.config.address),)
+        if peers != self.config.peers:
+            self.config = dataclasses.replace(self.config, peers=peers)
+
+    def _members_to_role(self) -> None:
+        role = getattr(self, "role_obj", None)
+        if role is None:
+            return
+        role.config = self.compactor.config = self.config
+        if isinstance(role, Leader):
+            counted = self.counted_voters()
+            not_counted = {address for node_id, address in self.config.others() if node_id not in counted}
+            role.core.set_followers(list(self.config.followers), not_counted)
+            now = time.monotonic()
+            role.last_heard = {a: role.last_heard.get(a, now) for a in self.config.followers}
+
+    def counted_voters(self) -> set[str]:
+        """Whose confirmations count towards W on this leader: the voters of the newest
+        membership, and while it is not committed, only those that were voters before it too.
+        A promotion that knows only the previous membership then still finds every
+        acknowledged write among its promises."""
+        me = self.config.node_id
+        voters = set(self.members.voters(me))
+        if self._members_pending():
+            voters &= set(self.previous_members.voters(me))
+        return voters
+
+    def _members_pending(self) -> bool:
+        leader = self.role_obj if isinstance(getattr(self, "role_obj", None), Leader) else None
+        return leader is not None and self.members_seq > leader.core.committed
+
+    def voters(self, leader_id: str | None) -> list[str]:
+        """The nodes a promotion needs promises from and W counts: the full members but the leader."""
+        return list(self.members.voters(leader_id))
+
+    def electorate(self, deposed: str | None, answers) -> list[str]:
+        """The voters a promotion asks for promises: of every membership this node and the
+        answering nodes hold (a change may have reached some of them only). A superset of the
+        voters any acknowledged write was counted by, so N - W + 1 of them include a holder."""
+        found = [self.members] + [Membership.from_json(a["members"]) for a in answers
+                                  if isinstance(a, dict) and a.get("members")]
+        union: list[str] = []
+        for membership in found:
+            union += [n for n in membership.voters(deposed) if n not in union]
+        return union
+
+    def members_status(self) -> dict:
+        return {"members": self.members.to_json(), "seq": self.members_seq, "voters": self.voters(self.state.leader_id),
+                "learners": list(self.members.learners()), "leader_id": self.state.leader_id}
+
+    async def change_members(self, change: dict) -> dict:
+        """``{"add": {"node_id", "address"}}`` or ``{"remove": node_id}`` on the leader: the new
+        membership is written as a log entry and answered like a write (once W hold it)."""
+        if not isinstance(self.role_obj, Leader):
+            raise NotLeader()
+        refused = change_allowed(self.members_seq, self.role_obj.core.committed)
+        if refused:
+            raise ApiError(409, refused)
+        try:
+            if "add" in change:
+                new = add_member(self.members, change["add"]["node_id"], change["add"]["address"])
+                what = f"add {change['add']['node_id']} at {change['add']['address']} as a learner"
+            else:
+                new = remove_member(self.members, change["remove"], self.config.node_id, self.config.write_quorum)
+                what = f"remove {change['remove']}"
+        except MembershipError as exc:
+            raise ApiError(409, f"membership change refused: {exc}", members=self.members.to_json()) from None
+        return await self._write_members(new, what)
+
+    async def _write_members(self, new: Membership, what: str):
+        self._changing_members = True
+        try:
+            return await self.role_obj.write("members", None, {"members": new.to_json(), "change": what})
+        finally:
+            self._changing_members = False
+
+    def check_learners(self) -> None:
+        """On the leader, after a follower answered: a learner close enough to the last entry
+        becomes a full follower (one change at a time, like any other)."""
+        leader = self.role_obj
+        if not isinstance(leader, Leader):
+            return
+        if self._counting_pending and not self._members_pending():  # the newest change is committed now
+            self._counting_pending = False
+            self._members_to_role()
+        if self._changing_members or not self.members.learners() or \
+                change_allowed(self.members_seq, leader.core.committed):
+            return
+        for node_id in self.members.learners():
+            progress = leader.core.progress.get(self.config.address_of(node_id))
+            if progress is not None and learner_ready(progress.match, leader.last_seq, LEARNER_MAX_LAG):
+                self.background.spawn(self._write_members(promote_learner(self.members, node_id),
+                                                          f"promote {node_id}: caught up to within {LEARNER_MAX_LAG}"))
+                return
 
     # --- roles ----------------------------------------------------------------------------
 
@@ -148,6 +290,7 @@ class Replica:
         leader.step_down(reason)
         log.warning("stepped down: %s; this node follows from now on", reason)
         self.role_obj = Follower(self.config, self.limits, self.log, list(leader.core.entries), host=self)
+        self._members_to_role()
         if self._started:
             self.role_obj.start()
 
@@ -211,6 +354,8 @@ class Replica:
         removed = follower.core.roll_back(seqs)
         path = save_rollback(self.config.data_dir, term, removed)
         self.log = follower.log = LogFile.rewrite(self.log, self.config.data_dir, follower.core.entries_in_order())
+        if any(e.op == "members" for e in removed):
+            self._recompute_members(follower.core.entries_in_order())
         acknowledged = [e.seq for e in removed if e.seq <= self.known_committed]
         if acknowledged:
             log.error("rolled back entries %s at or below seq %d, which the write quorum held: an acknowledged "
@@ -310,7 +455,11 @@ class Replica:
             self.store.restore(found.data, found.seq)
             follower.core.installed(found.seq)
             self.compactor.installed(found, final)
-            kept = [encode_record(e) for e in follower.core.stored_entries() if e.seq > found.seq]
+            if found.members is not None:
+                self.members, self.members_seq = Membership.from_json(found.members), found.seq
+                self._adopt_members()
+                self._members_to_role()
+            kept = [e for e in follower.core.stored_entries() if e.seq > found.seq]
             await self.log.compact(self.log.mark(), kept)
             return found.seq
 
@@ -327,7 +476,8 @@ class Replica:
     def status(self) -> dict:
         status = {**self.role_obj.status(), "term": self.state.term, "leader_id": self.state.leader_id,
                   "leader_address": self.leader_address, "voted_for": self.state.voted_for,
-                  "history": [list(item) for item in self.state.history], "snapshot": self.compactor.status()}
+                  "history": [list(item) for item in self.state.history], "snapshot": self.compactor.status(),
+                  "members": self.members_status()}
         if self.coordinator is not None:
             status["failover"] = self.coordinator.status()
         return status
@@ -347,7 +497,8 @@ class Replica:
         return {"node_id": self.config.node_id, "role": self.role, "term": self.state.term,
                 "leader_id": self.state.leader_id, "priority": self.config.priority,
                 "etcd_reachable": self.coordinator.reachable if self.coordinator is not None else None,
-                "history": [list(item) for item in self.state.history], "applied_seq": applied, "beyond": beyond}
+                "history": [list(item) for item in self.state.history], "applied_seq": applied, "beyond": beyond,
+                "members": self.members.to_json(), "members_seq": self.members_seq}
 
     async def promise(self, term: int | None, candidate: str, dry_run: bool) -> dict:
         """Promise ``term`` to ``candidate`` (durably, before answering), or, with ``dry_run``,
@@ -377,6 +528,9 @@ class Replica:
             return await self.coordinator.promote_by_hand()
         if self.role == "leader":
             raise ApiError(409, f"{self.config.node_id} already leads term {self.state.term}", **self.not_leader_fields())
+        if self.config.node_id in self.members.learners():
+            raise ApiError(409, f"{self.config.node_id} is a learner (still catching up after joining): it cannot be "
+                                f"promoted until the leader makes it a full follower")
         if self._promoting:
             raise ApiError(409, f"a promotion of {self.config.node_id} is already in progress")
         self._promoting = True
@@ -396,6 +550,7 @@ class Replica:
         self.log = LogFile.rewrite(self.log, self.config.data_dir, entries)
         await self._save(state)
         self.role_obj = leader = Leader(self.config, self.limits, self.log, entries, host=self)
+        self._recompute_members(entries)
         leader.start()
         # Numbered and logged before this returns, so before any client write; pushed to every
         # follower like a write, which tells them the new term and history.
@@ -463,7 +618,7 @@ class Promotion:
                                                  if isinstance(a, dict)]
         newest = max(histories, key=lambda h: h[-1][0] if h else 0)
         deposed = last_leader(newest)
-        return deposed, [node_id for node_id, _ in self.config.peers if node_id != deposed]
+        return deposed, self.node.electorate(deposed, answers.values())
 
     def _refuse(self, stage: str, granted: list[str], needed: int, electorate: list[str],
                 answers: dict[str, Any]) -> ApiError:

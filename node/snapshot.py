@@ -43,12 +43,15 @@ class Snapshot:
     term: int  # that entry's term
     history: History  # the term history of the log up to ``seq``
     data: dict  # key -> [value, seq of the entry that last set it] (``node.store.State``)
+    members: list | None = None  # the membership in force at ``seq`` (None: the one PEERS gives)
 
     def encode(self) -> bytes:
         state = codec.dumps_sorted(self.data)
-        meta = codec.dumps_sorted({"seq": self.seq, "term": self.term, "history": [list(h) for h in self.history],
-                                   "keys": len(self.data), "state_bytes": len(state),
-                                   "state_crc": f"{zlib.crc32(state):08x}"})
+        meta = {"seq": self.seq, "term": self.term, "history": [list(h) for h in self.history],
+                "keys": len(self.data), "state_bytes": len(state), "state_crc": f"{zlib.crc32(state):08x}"}
+        if self.members is not None:
+            meta["members"] = self.members
+        meta = codec.dumps_sorted(meta)
         return HEADER + b"%08x %s\n" % (zlib.crc32(meta), meta) + state + b"\n"
 
 
@@ -90,7 +93,7 @@ def decode(path: str, data: bytes) -> Snapshot:
         if f"{zlib.crc32(state):08x}" != meta["state_crc"]:
             raise ValueError("the state's checksum does not match")
         snapshot = Snapshot(seq=int(meta["seq"]), term=int(meta["term"]), history=check_history(meta["history"]),
-                            data=json.loads(state))
+                            data=json.loads(state), members=meta.get("members"))
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotError(f"snapshot {path} is damaged: {exc}") from None
     if len(snapshot.data) != meta["keys"]:

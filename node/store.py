@@ -55,12 +55,16 @@ class Store:
         self.waiters = AppliedWaiters()
         # Where a reset starts from: the node's newest snapshot, (state, seq), or nothing.
         self.base_loader: Callable[[], tuple[State, int] | None] = lambda: None
+        # Told of every "members" entry applied (the node changes its peers from its seq on).
+        self.on_members: Callable[[Entry], None] = lambda entry: None
 
     def apply(self, entry: Entry) -> None:
         if entry.seq != self.applied_seq + 1:
             raise ValueError(f"entry seq {entry.seq} applied after {self.applied_seq}: sequence order broken")
         apply_to(self._data, entry)
         self.applied_seq = entry.seq
+        if entry.op == "members":
+            self.on_members(entry)
         self.waiters.wake(entry.seq)
 
     async def wait_applied(self, seq: int, timeout: float) -> bool:

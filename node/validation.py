@@ -127,7 +127,7 @@ def body_too_large_message(limit: int, max_body_bytes: int) -> str:
     return f"request body exceeds {limit} bytes"
 
 
-def _shown(text: str, limit: int = 40) -> str:
+def shown(text: str, limit: int = 40) -> str:
     """A client's text for an error message, cut so a hostile one cannot bloat the answer."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -138,7 +138,7 @@ def query_values(arguments: dict[str, list[bytes]], allowed: tuple[str, ...]) ->
     ``min_sq=`` silently ignored would make a read look consistent when it is not)."""
     unknown = sorted(set(arguments) - set(allowed))
     if unknown:
-        names = ", ".join(_shown(name) for name in unknown[:5])
+        names = ", ".join(shown(name) for name in unknown[:5])
         raise ApiError(400, f"unknown query parameter(s) {names}; allowed here: {', '.join(allowed) or 'none'}")
     values = {}
     for name, raw in arguments.items():
@@ -154,11 +154,11 @@ def query_values(arguments: dict[str, list[bytes]], allowed: tuple[str, ...]) ->
 def parse_seq(name: str, raw: str) -> int:
     """A sequence number given as a query parameter: a decimal integer 0..MAX_SEQ."""
     if not _INTEGER.fullmatch(raw):
-        raise ApiError(400, f"query parameter {name}={_shown(raw)} is not an integer; give a sequence number "
+        raise ApiError(400, f"query parameter {name}={shown(raw)} is not an integer; give a sequence number "
                             f"0..{MAX_SEQ}, e.g. the seq a write answered")
     if raw.startswith("-"):
-        raise ApiError(400, f"query parameter {name}={_shown(raw)} must be >= 0")
+        raise ApiError(400, f"query parameter {name}={shown(raw)} must be >= 0")
     digits = raw.lstrip("0")
     if len(digits) > len(str(MAX_SEQ)) or int(digits or "0") > MAX_SEQ:
-        raise ApiError(400, f"query parameter {name}={_shown(raw)} is out of range 0..{MAX_SEQ}")
+        raise ApiError(400, f"query parameter {name}={shown(raw)} is out of range 0..{MAX_SEQ}")
     return int(digits or "0")

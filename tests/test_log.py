@@ -247,7 +247,7 @@ async def test_compaction_keeps_what_it_is_told_and_everything_appended_after_th
         log.append(entry(seq))
     await log.sync()
     mark = log.mark()
-    kept = [encode_record(entry(seq)) for seq in range(6, 11)]
+    kept = [entry(seq) for seq in range(6, 11)]
     compacting = asyncio.ensure_future(log.compact(mark, kept))
     log.append(entry(11))  # after the mark, while the bulk is written: it must survive the swap
     before, after = await compacting
@@ -282,7 +282,7 @@ async def test_a_sync_running_on_the_old_file_during_compaction_still_completes(
     log.append(entry(6))
     waiting = log.sync_future()  # an fsync of the old file, held in the sync thread
     assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
-    await log.compact(mark, [encode_record(entry(5))])
+    await log.compact(mark, [entry(5)])
     release.set()
     await waiting  # no error: the old file was closed only after its fsync
     log.close()

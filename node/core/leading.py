@@ -63,6 +63,7 @@ class LeaderCore:
                  base_seq: int = 0) -> None:
         self.term = term
         self.entries: list[Entry] = list(entries)
+        self.base_seq = base_seq
         self.first_seq = self.entries[0].seq if self.entries else base_seq + 1
         if self.first_seq > base_seq + 1:
             raise LeaderLogError(f"starts at seq {self.first_seq}, but the snapshot holds only up to seq {base_seq}; "
@@ -73,6 +74,7 @@ class LeaderCore:
                                      f"a leader log must hold every entry in order")
         self.min_delay_ms, self.max_delay_ms = min_delay_ms, max_delay_ms
         self.rng = rng or random.Random()
+        self._max_batch_bytes, self._linger_s = max_batch_bytes, linger_us / 1e6
         self.progress = {address: FollowerProgress(address) for address in followers}
         self.channels = {address: FollowerChannel(p, max_batch_bytes, linger_us / 1e6)
                          for address, p in self.progress.items()}
@@ -127,12 +129,26 @@ class LeaderCore:
             channel.push(entry.seq, payload, now + delay / 1000)
         return delays
 
+    def set_followers(self, followers: list[str], learners: set[str]) -> None:
+        """The membership changed: a channel for each new follower, none for a removed one
+        (sends to it stop), and learners (by address) confirm nothing towards the quorum."""
+        for address in [a for a in self.progress if a not in followers]:
+            self.channels.pop(address).close()
+            del self.progress[address]
+        for address in followers:
+            if address not in self.progress:
+                progress = self.progress[address] = FollowerProgress(address)
+                self.channels[address] = FollowerChannel(progress, self._max_batch_bytes, self._linger_s)
+            self.progress[address].learner = address in learners
+
     @property
     def committed(self) -> int:
         """The highest seq up to which W followers hold every entry (etcd's commit rule: sort the
-        followers' confirmed prefixes, read the W-th). Any promotion keeps all of these."""
-        matches = sorted((p.match for p in self.progress.values()), reverse=True)
-        return matches[self.quorum.quorum - 1] if len(matches) >= self.quorum.quorum else 0
+        followers' confirmed prefixes, read the W-th). Any promotion keeps all of these. Only
+        full followers count: a learner's copy is not one a promotion asks for."""
+        matches = sorted((p.match for p in self.progress.values() if not (p.learner or p.installing)), reverse=True)
+        counted = matches[self.quorum.quorum - 1] if len(matches) >= self.quorum.quorum else 0
+        return max(counted, self.base_seq)  # a snapshot holds only committed entries
 
     def ready(self, now: float) -> Ready:
         ready = Ready(timed_out=self.quorum.expire(now))
@@ -179,7 +195,7 @@ class LeaderCore:
         return servable
 
     def _confirm(self, address: str, seqs: list[int]) -> list[tuple[int, int]]:
-        if self.progress[address].installing:
+        if self.progress[address].installing or self.progress[address].learner:
             return []
         acknowledged = []
         for seq in seqs:

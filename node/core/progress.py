@@ -23,6 +23,7 @@ class FollowerProgress:
         self.last_error: str | None = None
         self.failing_since: float | None = None
         self.installing = False  # fetching a snapshot: confirms nothing towards the quorum
+        self.learner = False  # a new member still catching up: confirms nothing either
         self.requests = 0  # confirmed /replicate requests ...
         self.entries_sent = 0  # ... and the entries they carried (their ratio: the batching)
 

@@ -126,3 +126,19 @@ def test_fingerprints_below_a_snapshot_are_forgotten_and_the_rest_kept():
     assert prints.get(12) == 5 and prints.get(10 + Fingerprints.DENSE_GROWTH * 2) == 99
     prints.forget_through(10 + Fingerprints.DENSE_GROWTH * 2)
     assert prints.get(10 + Fingerprints.DENSE_GROWTH * 2) == 0 and prints.get(12) == 0
+
+
+def test_a_learner_gets_every_entry_but_confirms_nothing_and_a_removed_follower_gets_no_more():
+    core = leader(followers=("f1", "f2"))
+    core.set_followers(["f1", "f2", "f3"], learners={"f3"})
+    e = core.number("set", "k", 1, 0.0)
+    core.append(e, b"{}", now=0.0)
+    assert sorted(b.address for b in core.ready(now=0.0).sends) == ["f1", "f2", "f3"]
+    assert core.answered("f3", applied_seq=1, node_id="f3", now=0.01) == []  # a learner's copy counts for nothing
+    assert core.committed == 0
+    assert core.answered("f1", applied_seq=1, node_id="f1", now=0.01) == [(1, 1)]
+    core.set_followers(["f1", "f3"], learners=set())  # f2 removed, f3 a full follower
+    assert "f2" not in core.channels and core.progress["f3"].learner is False
+    e = core.number("set", "k", 2, 0.0)
+    core.append(e, b"{}", now=0.1)
+    assert sorted(b.address for b in core.ready(now=0.1).sends) == ["f1", "f3"]
