@@ -3,8 +3,9 @@
     ROLE=follower NODE_ID=follower6 PORT=8006 DATA_DIR=data/follower6 LEADER=127.0.0.1:8000 \\
         REPLICATION_SECRET=... python -m node
 
-With ``LEADER`` (any node of the cluster, normally the leader) and no ``PEERS``, the node asks
-``GET /admin/members`` there for the membership in force and starts with it as its ``PEERS``,
+With ``LEADER`` (any node of the cluster, normally the leader; several, comma-separated, are
+tried in turn) and no ``PEERS``, the node asks ``GET /admin/members`` there for the membership
+in force and starts with it as its ``PEERS``,
 itself added at ``ADVERTISE_ADDRESS`` (default ``HOST:PORT``) until ``POST /admin/members``
 adds it for real. From then on the membership entries in its own log decide, as on every node.
 """
@@ -29,18 +30,30 @@ def joining(env: Mapping[str, str]) -> bool:
 def with_peers_from_cluster(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with ``PEERS`` filled in from the membership ``LEADER`` answers (blocking: called
     once at start-up, before the event loop runs). Raises ConfigError naming what failed."""
-    leader = parse_address("LEADER", env["LEADER"].strip())
+    addresses = [parse_address("LEADER", a.strip()) for a in env["LEADER"].split(",") if a.strip()]
     node_id = env.get("NODE_ID", "").strip()
     if not node_id:
         raise ConfigError("NODE_ID is not set; a node joining with LEADER needs its own id, e.g. NODE_ID=follower6")
     own = env.get("ADVERTISE_ADDRESS", "").strip() or \
         f"{env.get('HOST', '127.0.0.1').strip() or '127.0.0.1'}:{env.get('PORT', '').strip()}"
     own = parse_address("ADVERTISE_ADDRESS (or HOST:PORT)", own)
-    members = _fetch_members(leader, env.get("REPLICATION_SECRET", ""))
+    members = _first_answer(addresses, env.get("REPLICATION_SECRET", ""))
     peers = [(m["node_id"], m["address"]) for m in members]
     if node_id not in dict(peers):
         peers.append((node_id, own))
     return {**env, "PEERS": ",".join(f"{n}={a}" for n, a in peers)}
+
+
+def _first_answer(addresses: list[str], secret: str) -> list[dict]:
+    """The membership from the first of ``addresses`` that answers (a restart after a failover
+    finds the old leader gone)."""
+    failures = []
+    for address in addresses:
+        try:
+            return _fetch_members(address, secret)
+        except ConfigError as exc:
+            failures.append(str(exc))
+    raise ConfigError("; ".join(failures))
 
 
 def _fetch_members(leader: str, secret: str) -> list[dict]:

@@ -7,7 +7,9 @@ fails. Without a Docker engine these tests skip on a workstation and fail under 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import subprocess
 import time
 
 import pytest
@@ -34,9 +36,43 @@ def require_docker() -> None:
         pytest.skip(f"Docker not available: {problem}")
 
 
+_images: concurrent.futures.Future | None = None
+
+
+def build_images_in_background() -> None:
+    """Start building the base, etcd and node images in a thread (once per session); the
+    ``docker_env`` fixture waits for them. Without Docker nothing starts: the fixture says why."""
+    global _images
+    if _images is None and docker_available() is None:
+        _images = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="images").submit(_build_images)
+
+
+def _build_images() -> tuple[str, str, str]:
+    """(base image, etcd image, build output): what ``docker compose build`` would do first,
+    so that the fixture's own build finds every layer cached."""
+    base_image = prepare_base_image()
+    etcd_image = prepare_etcd_image(base_image)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    built = subprocess.run([*compose_command(), "-f", os.path.join(root, "docker-compose.yml"), "build", "-q"],
+                           env={**os.environ, "BASE_IMAGE": base_image}, capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"docker compose build failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
+    return base_image, etcd_image, built.stdout + built.stderr
+
+
+def _images_ready() -> tuple[str, str]:
+    """The images, built in the background since collection (or now, if nothing started it)."""
+    build_images_in_background()
+    if _images is not None:
+        base_image, etcd_image, _ = _images.result()
+        return base_image, etcd_image
+    base_image = prepare_base_image()
+    return base_image, prepare_etcd_image(base_image)
+
+
 @pytest.fixture(scope="session")
 def docker_env():
-    """Environment for compose: this run's ports and settings, and a base image that exists."""
+    """Environment for compose: this run's ports and settings, and the images, built."""
     require_docker()
     base = free_port_block()
     ports = {service: base + i for i, service in enumerate(SERVICES)}
@@ -45,9 +81,9 @@ def docker_env():
             patch.setenv(key, value)
         for service, port in ports.items():
             patch.setenv("LEADER_PORT" if service == "leader" else f"{service.upper()}_PORT", str(port))
-        base_image = prepare_base_image()
+        base_image, etcd_image = _images_ready()
         patch.setenv("BASE_IMAGE", base_image)
-        patch.setenv("ETCD_IMAGE", prepare_etcd_image(base_image))
+        patch.setenv("ETCD_IMAGE", etcd_image)
         yield ports
 
 
