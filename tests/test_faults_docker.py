@@ -83,7 +83,23 @@ def run_fault(compose, tmp_path, name, inject, heal, count=150, note=""):
     return settle_and_check(compose, tmp_path, name, result, prefix, note)
 
 
+def kill_right_after_a_compaction(compose, service: str) -> None:
+    """SIGKILL ``service`` the moment its next snapshot is taken (its log was just rewritten)."""
+    def taken() -> int:
+        return http("GET", compose.url(service) + "/status")[1]["snapshot"]["taken"]
+
+    before, deadline = taken(), time.monotonic() + 60
+    while taken() == before:
+        assert time.monotonic() < deadline, f"{service} took no snapshot within 60 s under load"
+        time.sleep(0.01)
+    compose.docker("kill", service)
+
+
 FAULTS = {
+    "leader SIGKILL right after a compaction + restart": (
+        lambda c: kill_right_after_a_compaction(c, "leader"),
+        lambda c: restart(c, "leader"),
+    ),
     "follower wiped (volume lost) + restarted": (  # restored from the leader's snapshot
         lambda c: c.wipe("follower3"),
         lambda c: c.up("follower3"),
