@@ -120,7 +120,7 @@ def _choice(env: Mapping[str, str], name: str, default: str | None, allowed: tup
 def parse_address(name: str, raw: str) -> str:
     """Check one ``host:port`` address and return it unchanged."""
     host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{name}={raw!r} is not a host:port address (port 1..65535), e.g. follower1:8000")
     return raw
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -458,24 +459,37 @@ class TakeSnapshotHandler(BaseHandler):
 MEMBERS_BODY = 'a membership change is {"add": {"node_id": id, "address": "host:port"}} or {"remove": id}'
 
 
+NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
 def parse_member_change(body: Any) -> dict:
     """One change: an add (a new node id and its address) or a remove (a node id)."""
     if not isinstance(body, dict) or len(body) != 1 or set(body) - {"add", "remove"}:
-        raise ApiError(400, f"{MEMBERS_BODY}; got {sorted(body) if isinstance(body, dict) else json_type(body)}")
+        got = sorted(body)[:5] if isinstance(body, dict) else json_type(body)
+        raise ApiError(400, f"{MEMBERS_BODY}; got {got}")
     if "remove" in body:
-        if not isinstance(body["remove"], str) or not body["remove"]:
-            raise ApiError(400, f"remove takes a node id (a non-empty string), got {json_type(body['remove'])}")
+        check_node_id(body["remove"], "remove")
         return body
     new = body["add"]
     if not isinstance(new, dict) or set(new) != {"node_id", "address"} or not all(isinstance(v, str) for v in new.values()):
         raise ApiError(400, f"add takes exactly {{\"node_id\": string, \"address\": \"host:port\"}}; {MEMBERS_BODY}")
-    if not new["node_id"] or len(new["node_id"]) > 64 or not new["node_id"].replace("-", "").replace("_", "").isalnum():
-        raise ApiError(400, f"node_id {new['node_id'][:70]!r} must be 1..64 letters, digits, '-' or '_'")
+    check_node_id(new["node_id"], "add.node_id")
+    host, _, _ = new["address"].rpartition(":")
+    if len(new["address"]) > 260 or not HOST.fullmatch(host):
+        raise ApiError(400, f"address {shown(new['address'])} is not a host:port address with a host of letters, "
+                            f"digits, '.', '-' or '_' (e.g. follower6:8000)")
     try:
         parse_address("address", new["address"])
     except ConfigError as exc:
         raise ApiError(400, str(exc)) from None
     return body
+
+
+def check_node_id(node_id: Any, field: str) -> None:
+    if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id) or not any(c.isalnum() for c in node_id):
+        raise ApiError(400, f"{field} must be a node id of 1..64 ASCII letters, digits, '-' or '_' (at least one "
+                            f"letter or digit), got {shown(node_id) if isinstance(node_id, str) else json_type(node_id)}")
 
 
 class MembersHandler(BaseHandler):

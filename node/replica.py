@@ -188,8 +188,13 @@ class Replica:
         return union
 
     def members_status(self) -> dict:
+        """The membership in force; ``committed``: whether its entry is (known) committed, which
+        the next change waits for."""
+        committed = self.role_obj.core.committed if isinstance(getattr(self, "role_obj", None), Leader) \
+            else self.known_committed
         return {"members": self.members.to_json(), "seq": self.members_seq, "voters": self.voters(self.state.leader_id),
-                "learners": list(self.members.learners()), "leader_id": self.state.leader_id}
+                "learners": list(self.members.learners()), "leader_id": self.state.leader_id,
+                "committed": self.members_seq <= committed}
 
     async def change_members(self, change: dict) -> dict:
         """``{"add": {"node_id", "address"}}`` or ``{"remove": node_id}`` on the leader: the new
@@ -231,7 +236,9 @@ class Replica:
             return
         for node_id in self.members.learners():
             progress = leader.core.progress.get(self.config.address_of(node_id))
-            if progress is not None and learner_ready(progress.match, leader.last_seq, LEARNER_MAX_LAG):
+            # It must hold the entry that added it: proof that it is up and following, not only near.
+            if progress is not None and progress.match >= self.members_seq and \
+                    learner_ready(progress.match, leader.last_seq, LEARNER_MAX_LAG):
                 self.background.spawn(self._write_members(promote_learner(self.members, node_id),
                                                           f"promote {node_id}: caught up to within {LEARNER_MAX_LAG}"))
                 return
@@ -240,7 +247,12 @@ class Replica:
 
     def _make_role(self, entries: list[Entry]):
         if self.state.leader_id == self.config.node_id:
-            return Leader(self.config, self.limits, self.log, sorted(entries, key=lambda e: e.seq), host=self)
+            # The log keeps what follows the older snapshot (the fallback); memory needs only what
+            # lagging followers may still ask for, as after any compaction.
+            base = self.compactor.base_seq
+            keep_from = max(1, base + 1 - self.config.retain_entries) if base else 1
+            kept = sorted((e for e in entries if e.seq >= keep_from), key=lambda e: e.seq)
+            return Leader(self.config, self.limits, self.log, kept, host=self)
         return Follower(self.config, self.limits, self.log, entries, host=self)
 
     @property

@@ -2,9 +2,9 @@
 
 Every answer must be one that node/openapi.json documents for its path and method, JSON with an
 ``"error"`` string when it is a 4xx, and never a 5xx; a rejected request changes nothing on any
-node (``/all``, and the sequence numbers and the term state in ``/status``). Valid input, unicode included, must
-round-trip through the leader to every follower, and concurrent writes to one key must be
-ordered by their sequence numbers everywhere.
+node (``/all``, and the sequence numbers, the term state, the snapshots and the membership in
+``/status``). Valid input, unicode included, must round-trip through the leader to every
+follower, and concurrent writes to one key must be ordered by their sequence numbers everywhere.
 
 Requests go through ``http.client`` on the loopback interface, one connection per request, so
 each request controls its own method, path, headers and body bytes exactly.
@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from node import cluster as local_cluster
+from node import snapshot as snapshots
 from node.handlers import OPENAPI_PATH
 from node.limits import MAX_KEY_BYTES
 from tests.net import free_port_block
@@ -146,13 +147,23 @@ class Cluster:
         assert answer.status in (200, 404), answer
 
 
-STATE_FIELDS = ("last_seq", "applied_seq", "received_seq", "role", "term", "leader_id", "voted_for", "history")
+STATE_FIELDS = ("last_seq", "applied_seq", "received_seq", "role", "term", "leader_id", "voted_for", "history",
+                "first_kept_seq", "members")
+# Of /status's "snapshot": all but what moves without a snapshot being taken ("since" counts applied entries).
+SNAPSHOT_STATE_FIELDS = ("seq", "term", "path", "fallback_seq", "taken", "installed", "running", "last", "last_error")
 
 
 def node_state(cluster: Cluster, node: str, status: dict | None = None) -> tuple[dict, Any]:
-    """What a refused request must not change on a node: its /status seqs and terms, its data."""
+    """What a refused request must not change on a node: its /status seqs, terms, snapshots and
+    membership (and, on the leader, its followers and which of them it counts as installing a
+    snapshot or as learners), its data."""
     status = status if status is not None else cluster.get_json(node, "/status")
-    return {k: status[k] for k in STATE_FIELDS if k in status}, cluster.get_json(node, "/all")["data"]
+    state = {k: status[k] for k in STATE_FIELDS if k in status}
+    state["snapshot"] = {k: status["snapshot"][k] for k in SNAPSHOT_STATE_FIELDS if k in status["snapshot"]}
+    if "followers" in status:
+        state["installing"] = {address: f["installing_snapshot"] for address, f in status["followers"].items()}
+        state["learners"] = {address: f["learner"] for address, f in status["followers"].items()}
+    return state, cluster.get_json(node, "/all")["data"]
 
 
 def internal(headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -169,7 +180,10 @@ def start_cluster(data_dir: str):
     base_port = free_port_block(len(NODES))
     env = dict(os.environ, MIN_DELAY="0", MAX_DELAY="0", WRITE_QUORUM=str(len(FOLLOWERS)),
                WRITE_TIMEOUT=str(WRITE_TIMEOUT_MS), CATCHUP_INTERVAL="200", REPLICATION_SECRET=SECRET,
-               MAX_BODY_BYTES=str(MAX_BODY_BYTES), LOG_LEVEL="WARNING", READ_WAIT=str(READ_WAIT_MS))
+               MAX_BODY_BYTES=str(MAX_BODY_BYTES), LOG_LEVEL="WARNING", READ_WAIT=str(READ_WAIT_MS),
+               # No automatic snapshots: a snapshot is taken only by POST /admin/snapshot (see `compacted`),
+               # so one that appears during a refused request is the request's doing.
+               SNAPSHOT_EVERY="0")
     procs = local_cluster.start(data_dir, base_port=base_port, followers=len(FOLLOWERS), env=env, quiet=True)
     try:
         yield Cluster(base_port)
@@ -514,7 +528,9 @@ ROUTE_PATTERNS = [re.compile(regex.pattern) for regex, _ in PATH_REGEXES]
 CONCRETE_PATHS = {template: re.sub(r"\{[^}]+\}", "some-key", template) for template in SPEC["paths"]}
 unknown_paths = (
     st.sampled_from(["/", "/read/", "/delete/", "/READ/a", "/health/", "//health", "/write/", "/keys/x",
-                     "/openapi.yaml", "/%2e%2e/etc/passwd", "/read", "/delete", "/clear/all", "/status%00"])
+                     "/openapi.yaml", "/%2e%2e/etc/passwd", "/read", "/delete", "/clear/all", "/status%00",
+                     "/snapshot/", "/SNAPSHOT", "/snapshots", "/admin/snapshot/", "/admin/snapshots", "/admin/",
+                     "/admin/members/", "/admin/member", "/ADMIN/MEMBERS", "/admin/members/follower1", "/members"])
     | st.text(max_size=40).map(lambda t: "/" + quote(t.encode("utf-8", "surrogatepass"), safe="/"))
 ).filter(lambda p: not any(r.fullmatch(p) for r in ROUTE_PATTERNS))
 
@@ -579,7 +595,10 @@ def test_internal_endpoints_refuse_requests_without_the_secret(cluster, secret, 
                 ("GET", f"/log?after=0&term=9&node_id={FOLLOWERS[0]}", None), ("POST", "/admin/promote", b""),
                 ("POST", "/admin/promise", json.dumps({"candidate": "follower2", "term": 9}).encode()),
                 ("POST", "/admin/promise", json.dumps({"candidate": "follower2", "dry_run": True}).encode()),
-                ("GET", "/admin/entries?after=0", None)]
+                ("GET", "/admin/entries?after=0", None), ("POST", "/admin/snapshot", b""),
+                ("GET", f"/snapshot?node_id={FOLLOWERS[0]}", None), ("GET", "/admin/members", None),
+                ("POST", "/admin/members", json.dumps({"add": {"node_id": "intruder", "address": "127.0.0.1:9"}}).encode()),
+                ("POST", "/admin/members", json.dumps({"remove": FOLLOWERS[0]}).encode())]
     for method, path, body in requests:
         answer = send_rejected(cluster, node, method, path, body, headers, expect=403)
         assert "X-Replication-Secret" in answer.json()["error"], (method, path)
@@ -681,7 +700,8 @@ def test_promise_requests_are_checked_and_only_a_dry_run_answers(cluster, body, 
         state = before[node][0]
         assert answered == {"node_id": node, "role": state["role"], "term": 1, "leader_id": "leader", "priority": 0,
                             "etcd_reachable": None, "history": [[1, 1, "leader"]],
-                            "applied_seq": state.get("last_seq", state["applied_seq"]), "beyond": []}, answered
+                            "applied_seq": state.get("last_seq", state["applied_seq"]), "beyond": [],
+                            "members": expected_membership(cluster, node)["members"], "members_seq": 0}, answered
     elif expected == 409:
         assert (answered["term"], answered["leader_id"], answered["leader_address"]) == (1, "leader", cluster.leader_address)
         assert "does not promise term" in answered["error"], answered
@@ -850,6 +870,376 @@ def test_concurrent_writes_to_one_key_are_ordered_by_seq(cluster):
         read = cluster.get_json(node, "/read/contended")
         assert read["value"] == winner["value"] and read["seq"] == winner["seq"], node
         assert cluster.get_json(node, "/all")["data"]["contended"] == winner["value"], node
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+# POST /admin/snapshot (take one now) and GET /snapshot (the newest file) are internal. A snapshot
+# that is taken changes a node's data dir for good, so only the `compacted` fixture takes any, on
+# the scratch cluster; every other request here must be refused and change nothing.
+
+
+def take_snapshot(cluster: Cluster, node: str) -> dict:
+    """POST /admin/snapshot with the secret until ``node`` takes one (a follower learns the commit
+    point from the leader's next message; until then it has nothing committed to take)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        answer = cluster.request(node, "POST", "/admin/snapshot", b"", internal())
+        taken = check_answer("POST", "/admin/snapshot", answer)
+        assert answer.status == 200, answer
+        if taken["taken"]:
+            return taken
+        assert time.monotonic() < deadline, f"{node} took no snapshot in {SETTLE_TIMEOUT_S} s: {taken}"
+        time.sleep(0.05)
+
+
+def fetch_snapshot(cluster: Cluster, node: str) -> snapshots.Snapshot:
+    """GET /snapshot: the file as it is on disk, with its seq and term in the headers."""
+    answer = cluster.request(node, "GET", "/snapshot", headers=internal())
+    assert answer.status == 200, answer
+    assert answer.headers["content-type"] == "application/octet-stream", answer.headers
+    assert int(answer.headers["content-length"]) == len(answer.raw)
+    found = snapshots.decode(f"GET /snapshot from {node}", answer.raw)
+    assert (found.seq, found.term) == (int(answer.headers["x-snapshot-seq"]), int(answer.headers["x-snapshot-term"]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def compacted(scratch):
+    """The scratch cluster once every node took a snapshot, and with two entries written after it:
+    every node then has something committed to snapshot, so a hostile request that took one after
+    all would show in /status."""
+    scratch.write("snapshotted", "before the snapshot")
+    scratch.settle()
+    for node in NODES:
+        taken = take_snapshot(scratch, node)
+        found = fetch_snapshot(scratch, node)
+        assert found.seq == taken["seq"], (node, taken)
+        if node == "leader":  # it applied and committed everything: the snapshot is its state
+            assert {key: item[0] for key, item in found.data.items()} == scratch.get_json(node, "/all")["data"]
+    for i in range(2):
+        scratch.write("after-the-snapshot", i)
+    scratch.settle()
+    return scratch
+
+
+def would_take(raw: bytes) -> bool:
+    """Whether POST /admin/snapshot takes ``raw`` as its body: nothing (whitespace), or the JSON {}."""
+    if not raw.strip():
+        return True
+    try:
+        return strict_json(raw) == {}
+    except (ValueError, RecursionError):
+        return False
+
+
+snapshot_bodies = (
+    st.binary(max_size=200)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | st.dictionaries(st.text(max_size=10), json_values, min_size=1, max_size=3).map(lambda v: json.dumps(v).encode())
+    | st.sampled_from([b"{", b"}", b"null", b"[]", b"0", b'""', b"true", b'{"now": true}', b'{"": null}', b"{} {}",
+                       b"{}x", b"{},", b"[{}]", b"\xef\xbb\xbf{}", b"\x00", b"{}\x00", b"\xff", b'{"a": NaN}', b"NaN",
+                       b"\x0b{}", b"{'a': 1}", b"[" * 5000 + b"]" * 5000])
+)
+
+
+@FEW
+@given(raw=snapshot_bodies, node=st.sampled_from(NODES), chunked=st.booleans())
+def test_admin_snapshot_refuses_any_body_but_none_or_an_empty_object(compacted, raw, node, chunked):
+    assume(not would_take(raw))
+    answer = send_rejected(compacted, node, "POST", "/admin/snapshot", raw, internal(), chunked=chunked, expect=400)
+    error = answer.json()["error"]
+    assert error.startswith("request body") or "POST /admin/snapshot takes no body" in error, error
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("filler", [b" ", b"x"], ids=["whitespace", "garbage"])
+def test_oversized_bodies_to_admin_snapshot_get_413(compacted, filler, chunked):
+    """Whitespace counts as no body, and {} as an empty one, but not beyond MAX_BODY_BYTES."""
+    for body in (filler * (MAX_BODY_BYTES + 1), b"{" + filler * MAX_BODY_BYTES + b"}"):
+        answer = send_rejected(compacted, "leader", "POST", "/admin/snapshot", body, internal(), chunked=chunked,
+                               expect=413)
+        assert "MAX_BODY_BYTES" in answer.json()["error"], answer
+    send_rejected(compacted, "follower1", "POST", "/admin/snapshot", filler * (MAX_BODY_BYTES + 1), chunked=chunked,
+                  expect=403)
+
+
+WRONG_SECRETS = [None, "", "wrong", SECRET[:-1], SECRET + "x", SECRET.upper(), SECRET.replace("-", "_")]
+
+
+def test_snapshot_endpoints_refuse_requests_without_the_secret(compacted):
+    """Once the nodes have snapshots to serve and entries to snapshot."""
+    requests = [("POST", "/admin/snapshot", b""), ("POST", "/admin/snapshot", b"{}"), ("GET", "/snapshot", None),
+                ("GET", f"/snapshot?node_id={FOLLOWERS[0]}", None)]
+    for i, secret in enumerate(WRONG_SECRETS):
+        headers = {} if secret is None else {"X-Replication-Secret": secret}
+        for method, path, body in requests:
+            answer = send_rejected(compacted, NODES[i % len(NODES)], method, path, body, headers, expect=403)
+            assert "X-Replication-Secret" in answer.json()["error"], (method, path)
+
+
+def tornado_argument(raw: str) -> str:
+    """A query value as the handler reads it (Tornado's get_query_argument): control characters
+    turned into spaces, then stripped."""
+    return re.sub(r"[\x00-\x08\x0e-\x1f]", " ", raw).strip()
+
+
+bad_node_ids = (
+    st.sampled_from(["stranger", "LEADER", "Follower1", "follower", "follower3", "leader\u200b", "follower1/", "*",
+                     "%", "null", "0", "leader,follower1", "127.0.0.1:9"])
+    | st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
+).filter(lambda v: tornado_argument(v) not in NODES + ("",))
+
+
+@FEW
+@given(node_id=bad_node_ids, node=st.sampled_from(NODES))
+def test_snapshot_fetch_names_a_member_of_the_cluster(compacted, node_id, node):
+    answer = send_rejected(compacted, node, "GET", "/snapshot?node_id=" + quote(node_id, safe=""), headers=internal(),
+                           expect=400)
+    assert "is not a member of the cluster" in answer.json()["error"], answer
+    assert len(answer.raw) < 400, answer  # a long one is cut (validation.shown)
+
+
+@pytest.mark.parametrize("query", ["node_id=%FF", "node_id=%ED%A0%80", f"node_id={FOLLOWERS[0]}&node_id=stranger",
+                                   "node_id=" + "x" * 5000])
+def test_malformed_snapshot_queries_are_rejected(compacted, query):
+    for node in NODES:
+        send_rejected(compacted, node, "GET", f"/snapshot?{query}", headers=internal(), expect=400)
+
+
+def test_a_huge_node_id_is_not_echoed_back_whole(cluster):
+    """The node_id is cut to 40 characters in the message (validation.shown), as the other handlers cut a client's text."""
+    answer = send_rejected(cluster, "leader", "GET", "/snapshot?node_id=" + "x" * 5000, headers=internal(), expect=400)
+    assert len(answer.raw) < 400, len(answer.raw)
+    assert "'" + "x" * 40 + "...' is not a member of the cluster" in answer.json()["error"], answer
+
+
+@pytest.mark.parametrize("query", ["", f"?node_id={FOLLOWERS[0]}", "?node_id=leader"])
+def test_a_snapshot_fetch_from_a_node_without_one_is_a_404(cluster, query):
+    """The main cluster takes no snapshot (SNAPSHOT_EVERY=0): a 404 saying so, and the leader does not
+    count the follower as installing one."""
+    for node in NODES:
+        answer = send_rejected(cluster, node, "GET", "/snapshot" + query, headers=internal(), expect=404)
+        assert f"{node} has no snapshot yet" in answer.json()["error"], answer
+
+
+@pytest.mark.parametrize("path", ["/snapshot", "/admin/snapshot"])
+def test_snapshot_endpoints_refuse_other_methods(compacted, path):
+    """With the secret, and on nodes that have a snapshot to serve and entries to snapshot."""
+    allowed = sorted(m.upper() for m in SPEC["paths"][path] if m in ("get", "post", "put", "delete", "patch"))
+    others = [m for m in OTHER_METHODS if m not in allowed]
+    for i, method in enumerate(others):
+        body = None if method in ("GET", "HEAD") else b"{}"
+        answer = send_rejected(compacted, NODES[i % len(NODES)], method, path, body, internal(), expect=405)
+        assert answer.headers["allow"] == ", ".join(allowed), (method, path)
+
+
+
+# --- membership ----------------------------------------------------------------------------------
+# GET /admin/members (any node) and POST /admin/members (the leader) are internal. A change that is
+# made stays in the log for good, so none is made here: every request below must be refused and
+# change nothing, the 409s (changes the cluster refuses) included. In both clusters W=2 and there
+# are two followers: no removal is possible, and an add is refused for a member's id or address.
+# The bodies a wrong acceptance would turn into a log entry go to the scratch cluster.
+
+
+def members_of(cluster: Cluster) -> dict[str, str]:
+    """The membership every node of ``cluster`` starts with: its PEERS, node id -> address."""
+    return {node: cluster.address(node) for node in NODES}
+
+
+def expected_membership(cluster: Cluster, node: str) -> dict:
+    return {"members": [{"node_id": n, "address": a, "learner": False} for n, a in members_of(cluster).items()],
+            "seq": 0, "voters": list(FOLLOWERS), "learners": [], "leader_id": "leader", "committed": True}
+
+
+@pytest.mark.parametrize("query", ["", "?seq=1", "?node_id=stranger", "?%FF=%FF", "?x=" + "y" * 5000])
+def test_every_node_reports_the_membership_of_peers(cluster, query):
+    """GET /admin/members changes nothing and ignores the query; every node reports the same."""
+    for node in NODES:
+        answer = cluster.request(node, "GET", "/admin/members" + query, headers=internal())
+        assert answer.status == 200, answer
+        assert check_answer("GET", "/admin/members", answer) == expected_membership(cluster, node), node
+        status = cluster.get_json(node, "/status")
+        assert status["members"] == expected_membership(cluster, node), node
+        if node == "leader":
+            assert {a: f["learner"] for a, f in status["followers"].items()} == {
+                cluster.address(f): False for f in FOLLOWERS}, status["followers"]
+
+
+def test_membership_endpoints_refuse_requests_without_the_secret(cluster):
+    fresh = json.dumps({"add": {"node_id": "intruder", "address": "127.0.0.1:9"}}).encode()
+    requests = [("GET", "/admin/members", None), ("POST", "/admin/members", fresh),
+                ("POST", "/admin/members", json.dumps({"remove": FOLLOWERS[1]}).encode()),
+                ("POST", "/admin/members", b"[]"), ("POST", "/admin/members", b" " * (MAX_BODY_BYTES + 1))]
+    for i, secret in enumerate(WRONG_SECRETS):
+        headers = {} if secret is None else {"X-Replication-Secret": secret}
+        for method, path, body in requests:
+            answer = send_rejected(cluster, NODES[i % len(NODES)], method, path, body, headers, expect=403)
+            assert "X-Replication-Secret" in answer.json()["error"], (method, path)
+
+
+def test_membership_endpoints_refuse_other_methods(cluster):
+    """With the secret, and with bodies that would be a change if the method were POST."""
+    allowed = sorted(m.upper() for m in SPEC["paths"]["/admin/members"] if m in ("get", "post", "put", "delete", "patch"))
+    assert allowed == ["GET", "POST"]
+    change = json.dumps({"add": {"node_id": "intruder", "address": "127.0.0.1:9"}}).encode()
+    for i, method in enumerate(m for m in OTHER_METHODS if m not in allowed):
+        body = None if method == "HEAD" else change
+        answer = send_rejected(cluster, NODES[i % len(NODES)], method, "/admin/members", body, internal(), expect=405)
+        assert answer.headers["allow"] == "GET, POST", method
+
+
+MEMBER_FIELDS_BAD = {"": "empty", "-": "no letter or digit", "_-_": "no letter or digit", "x" * 65: "65 characters",
+                     "x" * 5000: "5000 characters", "a b": "a space", "a/b": "a slash", "a:b": "a colon",
+                     "a=b": "an equals sign", "a,b": "a comma", "a.b": "a dot", "a\x00b": "a NUL", "a\nb": "a newline",
+                     "\u202efollower1": "a bidi override", "follower1\u200b": "a zero-width space", "😀": "an emoji",
+                     "../leader": "a path", "<script>": "markup", "%41": "percent-encoding", "a\\b": "a backslash"}
+
+
+@pytest.mark.parametrize("node_id", list(MEMBER_FIELDS_BAD), ids=list(MEMBER_FIELDS_BAD.values()))
+def test_member_ids_that_are_too_long_or_odd_are_refused(scratch, node_id):
+    """An add names a new id of 1..64 letters, digits, '-' or '_' (400 otherwise, the id cut in the
+    message); a removal of such an id finds no member (a 4xx either way). Nothing changes."""
+    answer = send_rejected(scratch, "leader", "POST", "/admin/members",
+                           json.dumps({"add": {"node_id": node_id, "address": "127.0.0.1:9"}}).encode(), internal(),
+                           expect=400)
+    assert "node_id" in answer.json()["error"] and len(answer.raw) < 400, answer
+    answer = send_rejected(scratch, "leader", "POST", "/admin/members", json.dumps({"remove": node_id}).encode(),
+                           internal())
+    assert answer.status in (400, 409), answer
+    for follower in FOLLOWERS:  # a follower refuses any change first: it does not lead
+        send_rejected(scratch, follower, "POST", "/admin/members", json.dumps({"remove": node_id}).encode(), internal(),
+                      expect=421)
+
+
+BAD_ADDRESSES = ["", ":", "host", "host:", ":8000", "host:0", "host:65536", "host:-1", "host:80x", "host:+80",
+                 "host: 80", "host:8 0", "[::1]", "host:99999999999999999999", "host:0x50", "127.0.0.1", "a" * 5000]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_member_addresses_that_are_not_host_port_are_refused(scratch, address):
+    answer = send_rejected(scratch, "leader", "POST", "/admin/members",
+                           json.dumps({"add": {"node_id": "follower6", "address": address}}).encode(), internal(),
+                           expect=400)
+    assert "is not a host:port address" in answer.json()["error"], answer
+
+
+def test_changes_the_cluster_refuses_change_nothing(scratch):
+    """409s: a member's id or address, the leader, a full follower W needs, a node that is no member."""
+    address = scratch.address(FOLLOWERS[1])
+    cases = {json.dumps({"add": {"node_id": FOLLOWERS[0], "address": "127.0.0.1:9"}}): "is a member already",
+             json.dumps({"add": {"node_id": "leader", "address": address}}): "is a member already",
+             json.dumps({"add": {"node_id": "follower6", "address": address}}): f"is {FOLLOWERS[1]}'s",
+             json.dumps({"add": {"node_id": "follower6", "address": scratch.leader_address}}): "is leader's",
+             json.dumps({"remove": "leader"}): "leader leads",
+             json.dumps({"remove": FOLLOWERS[0]}): "fewer than WRITE_QUORUM=2",
+             json.dumps({"remove": FOLLOWERS[1]}): "fewer than WRITE_QUORUM=2",
+             json.dumps({"remove": "follower6"}): "is not a member",
+             json.dumps({"remove": "LEADER"}): "is not a member"}
+    for body, message in cases.items():
+        answer = send_rejected(scratch, "leader", "POST", "/admin/members", body.encode(), internal(), expect=409)
+        refusal = answer.json()
+        assert refusal["error"].startswith("membership change refused: ") and message in refusal["error"], refusal
+        assert refusal["members"] == expected_membership(scratch, "leader")["members"], refusal
+
+
+TAKEN = "<a member's address>"  # replaced by one, drawn in the test
+member_ids = (st.sampled_from(list(MEMBER_FIELDS_BAD) + list(NODES) + ["follower6", "x" * 64, "A-b_9", "LEADER"])
+              | st.text(max_size=70))
+member_addresses = st.sampled_from(BAD_ADDRESSES + [TAKEN] * 5) | st.text(max_size=30)
+member_bodies = (
+    non_objects.map(json.dumps)
+    | st.dictionaries(st.text(max_size=10), json_values, max_size=3).map(json.dumps)
+    | st.fixed_dictionaries({"add": json_values, "remove": json_values}).map(json.dumps)
+    | st.builds(lambda v: {"remove": v}, json_values | member_ids).map(json.dumps)
+    | st.builds(lambda v: {"add": v}, json_values).map(json.dumps)
+    | st.builds(lambda v: {"add": v}, st.dictionaries(st.sampled_from(["node_id", "address", "learner", "Node_id", ""]),
+                                                      json_values | member_ids, max_size=3)).map(json.dumps)
+    | st.builds(lambda i, a: {"add": {"node_id": i, "address": a}}, member_ids, member_addresses).map(json.dumps)
+).map(str.encode) | st.binary(max_size=100) | st.sampled_from(
+    [b"", b" ", b"{", b"null", b"\xef\xbb\xbf{}", b'{"remove": "follower1"} {}', b'{"remove": "follower1",}',
+     b"{'remove': 'follower1'}", b'{"remove": NaN}', b'{"add": {"node_id": "a", "address": "h:1"}, "add": 1}',
+     b"[" * 5000 + b"]" * 5000, b'{"add": ' * 200 + b"1" + b"}" * 200])
+
+
+def expected_member_status(raw: bytes, members: dict[str, str]) -> int | None:
+    """What the leader of a cluster with ``members`` (W=2, two followers) owes a POST /admin/members
+    body: 400 if it is not one well-formed change (node ids of ASCII letters, digits, '-' and '_';
+    hosts of those and '.'), 409 for a change that cluster refuses; None for one it would make."""
+    try:
+        body = strict_json(raw)
+    except (ValueError, RecursionError):
+        return 400
+    if not isinstance(body, dict) or len(body) != 1 or not set(body) <= {"add", "remove"}:
+        return 400
+    if "remove" in body:  # whoever it names, no removal leaves W=2 full followers
+        return 409 if well_formed_id(body["remove"]) else 400
+    new = body["add"]
+    if not isinstance(new, dict) or set(new) != {"node_id", "address"} or not all(isinstance(v, str) for v in new.values()):
+        return 400
+    node_id, address = new["node_id"], new["address"]
+    if not well_formed_id(node_id):
+        return 400
+    host, sep, port = address.rpartition(":")
+    if len(address) > 260 or not sep or not re.fullmatch(r"[A-Za-z0-9._-]{1,253}", host) \
+            or not re.fullmatch(r"[0-9]+", port) or not 1 <= int(port) <= 65535:
+        return 400
+    return 409 if node_id in members or address in members.values() else None
+
+
+def well_formed_id(node_id) -> bool:
+    return isinstance(node_id, str) and bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", node_id)) \
+        and bool(re.search(r"[A-Za-z0-9]", node_id))
+
+
+@HYPOTHESIS
+@given(raw=member_bodies, chunked=st.booleans(), data=st.data())
+def test_membership_changes_that_are_malformed_or_refused_change_nothing(scratch, raw, chunked, data):
+    members = members_of(scratch)
+    if TAKEN.encode() in raw:
+        taken = data.draw(st.sampled_from(sorted(members.values())), label="taken")
+        raw = raw.replace(TAKEN.encode(), taken.encode())
+    expected = expected_member_status(raw, members)
+    assume(expected is not None)
+    send_rejected(scratch, "leader", "POST", "/admin/members", raw, internal(), chunked=chunked, expect=expected)
+    # A follower refuses it too, whatever it is: it does not lead (421, naming the leader).
+    refusal = send_rejected(scratch, data.draw(st.sampled_from(FOLLOWERS), label="follower"), "POST", "/admin/members",
+                            raw, internal(), chunked=chunked, expect=421).json()
+    assert (refusal["leader_id"], refusal["leader_address"], refusal["term"]) == ("leader", scratch.leader_address, 1)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_membership_changes_get_413(scratch, chunked):
+    change = {"add": {"node_id": "follower6", "address": "127.0.0.1:9"}}
+    padded = json.dumps({**change, "padding": "x" * MAX_BODY_BYTES}).encode()
+    spaced = json.dumps(change).encode() + b" " * MAX_BODY_BYTES
+    for body in (padded, spaced, b" " * (MAX_BODY_BYTES + 1)):
+        answer = send_rejected(scratch, "leader", "POST", "/admin/members", body, internal(), chunked=chunked, expect=413)
+        assert "MAX_BODY_BYTES" in answer.json()["error"], answer
+        send_rejected(scratch, "follower1", "POST", "/admin/members", body, internal(), chunked=chunked, expect=421)
+        send_rejected(scratch, "follower2", "POST", "/admin/members", body, chunked=chunked, expect=403)
+
+
+@pytest.mark.parametrize("body", [{"remove": "x" * 5000}, {"add": {"node_id": "follower6", "address": "a" * 5000}}],
+                         ids=["remove", "address"])
+def test_a_huge_member_change_is_not_echoed_back_whole(scratch, body):
+    answer = send_rejected(scratch, "leader", "POST", "/admin/members", json.dumps(body).encode(), internal())
+    assert len(answer.raw) < 1000, len(answer.raw)
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "1\u00b9", "\u2460"])
+def test_a_port_of_other_digits_is_a_400(scratch, port):
+    send_rejected(scratch, "leader", "POST", "/admin/members",
+                  json.dumps({"add": {"node_id": "follower6", "address": "127.0.0.1:" + port}}).encode(), internal(),
+                  expect=400)
+
+
+@pytest.mark.parametrize("node_id", ["f\u00f6llower6", "follower\u00b2", "\u30ad\u30fc", "follower\u0663"])
+def test_a_node_id_of_non_ascii_letters_or_digits_is_a_400(scratch, node_id):
+    send_rejected(scratch, "leader", "POST", "/admin/members",
+                  json.dumps({"add": {"node_id": node_id, "address": scratch.address(FOLLOWERS[0])}}).encode(),
+                  internal(), expect=400)
+
 
 
 # --- terms: a cluster after a promotion -------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_a_follower_joins_one_leaves_and_the_leader_dies_right_after_without_los
         code, answer = call("POST", compose.url(old) + "/admin/members", SECRET,
                             body={"add": {"node_id": "follower6", "address": "follower6:8000"}})
         assert code == 200, answer
-        wait_until(lambda: "follower6" in members_of(nodes, old)["voters"], 60, "follower6 caught up, promoted")
+        wait_until(lambda: "follower6" in members_of(nodes, old)["voters"] and members_of(nodes, old)["committed"], 60,
+                   "follower6 caught up, promoted, and the change committed (one change at a time)")
         code, answer = call("POST", compose.url(old) + "/admin/members", SECRET, body={"remove": leaving})
         assert code == 200, answer
         compose.docker("kill", old)  # right after the change: the next leader is elected on it

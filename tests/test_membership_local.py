@@ -48,6 +48,12 @@ class Nodes:
         return f"http://{self.joiner.address}" if name == "follower6" else self.cluster.url(name)
 
 
+def promoted_and_committed(cluster) -> bool:
+    """One change at a time: the next waits until the learner's promotion is committed."""
+    members = call("GET", cluster.url("leader") + "/admin/members", SECRET)[1]
+    return "follower6" in members["voters"] and members["committed"]
+
+
 def change(cluster, url, body):
     code, answer = call("POST", url + "/admin/members", SECRET, body=body)
     assert code == 200, answer
@@ -67,8 +73,7 @@ def test_a_follower_joins_and_one_leaves_under_load_then_a_failover_loses_nothin
             joiner = Joiner(cluster)
             change(cluster, cluster.url("leader"), {"add": {"node_id": "follower6", "address": joiner.address}})
             nodes = Nodes(cluster, joiner)
-            wait_until(lambda: "follower6" in call("GET", cluster.url("leader") + "/admin/members", SECRET)[1]["voters"],
-                       30, "follower6 caught up and promoted from learner")
+            wait_until(lambda: promoted_and_committed(cluster), 30, "follower6 caught up, promoted, the change committed")
             load_.wait_completed(150)
             change(cluster, cluster.url("leader"), {"remove": "follower5"})
             load_.wait_completed(180)

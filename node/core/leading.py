@@ -174,13 +174,17 @@ class LeaderCore:
         has not run out) does not: the study's delays would stop being real. It is sent again
         when due, confirmed as a duplicate, and counts then.
         """
+        if address not in self.channels:  # removed from the membership while the request was out
+            return []
         return self._confirm(address, self.channels[address].answered(applied_seq, node_id, now))
 
     def failed(self, address: str, error: str, now: float) -> None:
-        self.channels[address].failed(error, now)
+        if address in self.channels:
+            self.channels[address].failed(error, now)
 
     def refused(self, address: str, error: str, now: float) -> None:
-        self.channels[address].refused(error, now)
+        if address in self.channels:
+            self.channels[address].refused(error, now)
 
     def pulled(self, node_id: str, after: int, address: str | None = None) -> bool:
         """A follower asked for the entries after ``after``: it holds everything up to it (its
