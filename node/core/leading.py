@@ -29,6 +29,11 @@ from node.core.shipping import Batch, FollowerChannel
 from node.log import Entry
 
 
+# A follower that installed a snapshot counts towards W again once a pull finds it this close
+# to the last entry (the same bound as a learner's).
+CAUGHT_UP_LAG = 100
+
+
 class LeaderLogError(Exception):
     """The leader's own log is not a gap-free sequence 1..n."""
 
@@ -194,8 +199,8 @@ class LeaderCore:
         for known, progress in self.progress.items():
             if progress.node_id == node_id or known == address:
                 progress.reported_applied(after)
-                if servable:
-                    progress.installing = False  # a full follower again: the log serves it
+                if servable and self.last_seq - after <= CAUGHT_UP_LAG:
+                    progress.installing = False  # caught up from the log after its snapshot: it counts again
         return servable
 
     def _confirm(self, address: str, seqs: list[int]) -> list[tuple[int, int]]:

@@ -142,3 +142,15 @@ def test_a_learner_gets_every_entry_but_confirms_nothing_and_a_removed_follower_
     e = core.number("set", "k", 2, 0.0)
     core.append(e, b"{}", now=0.1)
     assert sorted(b.address for b in core.ready(now=0.1).sends) == ["f1", "f3"]
+
+
+def test_a_follower_that_installed_a_snapshot_counts_again_only_once_caught_up_from_the_log():
+    from node.core.leading import CAUGHT_UP_LAG
+
+    core = leader([entry(s) for s in range(1, 1001)])
+    core.compact(700)
+    core.installing("f1", True)
+    assert core.pulled("f1", after=899 - CAUGHT_UP_LAG, address="f1") is True  # the log serves it ...
+    assert core.progress["f1"].installing is True  # ... but it is still catching up
+    core.pulled("f1", after=1000 - CAUGHT_UP_LAG, address="f1")
+    assert core.progress["f1"].installing is False
