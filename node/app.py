@@ -86,7 +86,10 @@ def open_node(config: Config):
     """Load the newest valid snapshot, open the log, replay what follows the snapshot and build
     the role's object (raises on a damaged log, or when no snapshot it needs reads back)."""
     found = load_newest(config.data_dir)
-    log_file, entries = LogFile.open(config.data_dir, config.fsync)
+    # What the snapshot holds stays in the log (the fallback) but not in memory, except what a
+    # leader keeps for lagging followers.
+    keep_from = max(1, found.seq + 1 - config.retain_entries) if found else 1
+    log_file, entries = LogFile.open(config.data_dir, config.fsync, keep_from)
     try:
         return Replica(config, Limits.from_config(config), log_file, entries, found)
     except Exception:

@@ -56,6 +56,7 @@ HEADER = HEADER_PREFIX + b"%d\n" % VERSION
 # "members" changes no key either: it carries the cluster's membership from its seq on.
 OPS = ("set", "delete", "clear", "noop", "members")
 LOG_FILE_NAME = "replication.log"
+HEADER_PEEK_BYTES = 64  # enough for any header line this build writes or recognises
 UPGRADE_SUFFIX = ".upgrade"  # the converted log is written here, then renamed over the old one
 COMPACT_SUFFIX = ".compact"  # the compacted log is written here, then renamed over the old one
 # Group-commit fsyncs run on the event loop while they average less than this, else in the
@@ -278,29 +279,35 @@ class LogScan:
     version: int | None  # the format version in the header; None if the header itself is torn
 
 
-def read_log(path: str) -> LogScan:
+def read_log(path: str, keep_from: int = 1) -> LogScan:
     """Read every record of a log file of any version this build reads, changing nothing.
 
-    Raises LogCorruptError for damage before the last record, LogVersionError for a format
-    version this build does not read.
+    The file is read line by line, never whole, and records of entries before ``keep_from``
+    are checked but not kept (what a snapshot holds), so a restart costs memory for what it
+    keeps, not for the log. Raises LogCorruptError for damage before the last record,
+    LogVersionError for a format version this build does not read.
     """
     with open(path, "rb") as f:
-        data = f.read()
-    version, offset = _read_header(path, data)
-    if version is None:  # crashed while writing the header itself
-        return LogScan([], 0, "incomplete header", None)
-    records: list[Record] = []
-    while offset < len(data):
-        end = data.find(b"\n", offset)
-        if end == -1:
-            return LogScan(records, offset, "last record has no end of line (torn write)", version)
-        try:
-            records.append(Record(offset, _decode_record(data[offset:end], version)))
-        except ValueError as exc:
-            if end + 1 == len(data):
-                return LogScan(records, offset, f"last record is damaged ({exc})", version)
-            raise LogCorruptError(path, offset, str(exc)) from None
-        offset = end + 1
+        version, offset = _read_header(path, f.read(HEADER_PEEK_BYTES))
+        if version is None:  # crashed while writing the header itself
+            return LogScan([], 0, "incomplete header", None)
+        f.seek(offset)
+        records: list[Record] = []
+        line = f.readline()
+        while line:
+            following = f.readline()
+            if not line.endswith(b"\n"):
+                return LogScan(records, offset, "last record has no end of line (torn write)", version)
+            try:
+                entry = _decode_record(line[:-1], version)
+            except ValueError as exc:
+                if not following:
+                    return LogScan(records, offset, f"last record is damaged ({exc})", version)
+                raise LogCorruptError(path, offset, str(exc)) from None
+            if entry.seq >= keep_from:
+                records.append(Record(offset, entry))
+            offset += len(line)
+            line = following
     return LogScan(records, offset, None, version)
 
 
@@ -340,8 +347,9 @@ class LogFile:
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-sync")
 
     @classmethod
-    def open(cls, data_dir: str, fsync: str) -> tuple[LogFile, list[Entry]]:
-        """Open (or create) the log in ``data_dir`` and return it with the entries it holds."""
+    def open(cls, data_dir: str, fsync: str, keep_from: int = 1) -> tuple[LogFile, list[Entry]]:
+        """Open (or create) the log in ``data_dir`` and return it with the entries it holds
+        from ``keep_from`` on (the file keeps every record)."""
         os.makedirs(data_dir, exist_ok=True)
         path = os.path.join(data_dir, LOG_FILE_NAME)
         with contextlib.suppress(FileNotFoundError):
@@ -349,12 +357,12 @@ class LogFile:
         records: list[Record] = []
         good_end = 0
         if os.path.exists(path):
-            found = read_log(path)  # raises on damage before anything is changed
+            found = read_log(path, keep_from)  # raises on damage before anything is changed
             records, good_end = found.records, found.good_end
             if found.torn:
                 log.warning("log %s: dropping torn tail at offset %d: %s", path, good_end, found.torn)
             if found.version == 1:
-                good_end = _upgrade_v1(path, records)
+                good_end = _upgrade_v1(path, read_log(path).records)  # every record: the upgrade rewrites them all
         f = open(path, "r+b" if os.path.exists(path) else "w+b")
         if good_end == 0:
             f.truncate(0)

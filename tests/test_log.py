@@ -296,3 +296,18 @@ def test_a_compaction_cut_short_by_a_crash_leaves_the_log_whole(tmp_path):
     log, replayed = LogFile.open(str(tmp_path), "batch")
     assert [e.seq for e in replayed] == [1, 2] and os.listdir(tmp_path) == [LOG_FILE_NAME]
     log.close()
+
+
+def test_a_log_opened_after_a_snapshot_keeps_only_what_follows_yet_checks_every_record(tmp_path):
+    write_log(tmp_path, [entry(s) for s in range(1, 11)])
+    log, kept = LogFile.open(str(tmp_path), "batch", keep_from=7)
+    assert [e.seq for e in kept] == [7, 8, 9, 10]
+    log.append(entry(11))
+    log.close()
+    assert [r.entry.seq for r in scan(str(tmp_path / LOG_FILE_NAME))[0]] == list(range(1, 12))  # the file keeps all
+    path = tmp_path / LOG_FILE_NAME
+    data = bytearray(path.read_bytes())
+    data[len(HEADER) + 12] ^= 1  # damage in a record before keep_from is still damage
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogCorruptError):
+        LogFile.open(str(tmp_path), "batch", keep_from=7)

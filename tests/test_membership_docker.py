@@ -76,7 +76,7 @@ def test_a_follower_joins_one_leaves_and_the_leader_dies_right_after_without_los
         code, answer = call("POST", compose.url(old) + "/admin/members", SECRET, body={"remove": leaving})
         assert code == 200, answer
         compose.docker("kill", old)  # right after the change: the next leader is elected on it
-        wait_until(lambda: leader_now(nodes, [s for s in SERVICES + ["follower6"] if s not in (old, leaving)])
+        wait_until(lambda: leader_now(nodes, [s for s in [*SERVICES, "follower6"] if s not in (old, leaving)])
                    is not None, 60, "a new leader, elected by etcd")
         load_.wait_completed(250)
     finally:
@@ -84,7 +84,7 @@ def test_a_follower_joins_one_leaves_and_the_leader_dies_right_after_without_los
         result = load_.join()
     compose.run("start", old)
     compose.wait_healthy([old])
-    new = leader_now(nodes, [s for s in SERVICES + ["follower6"] if s != leaving])
+    new = leader_now(nodes, [s for s in [*SERVICES, "follower6"] if s != leaving])
     staying = [s for s in SERVICES if s != leaving] + ["follower6"]
     wait_until(lambda: converged(nodes, staying), 90, "every member converges")
     data = {n: s["data"] for n, s in states(nodes, staying).items()}
