@@ -93,6 +93,14 @@ class InProcessCluster:
             await asyncio.sleep(0.01)
 
 
+async def wait_for(condition, timeout: float = 20.0) -> None:
+    """Until ``condition()`` (a plain function) holds, checked every 10 ms on the loop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 def bind_unused_port_at(port: int):
     """Bind the given port again (after a node on it was stopped)."""
     from tornado.netutil import bind_sockets

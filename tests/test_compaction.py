@@ -13,6 +13,7 @@ from node.app import open_node
 from node.config import load_config
 from node.log import iter_entries
 from node.snapshot import SnapshotError
+from tests.inprocess import wait_for
 
 SECRET = {"X-Replication-Secret": "in-process-secret"}
 
@@ -44,13 +45,6 @@ async def settled_everywhere(cluster, timeout: float = 20.0) -> None:
     await wait_for(lambda: all(n.compactor._task is None for n in cluster.nodes.values()), timeout)
     assert len({repr(sorted(s.items())) for s in states(cluster).values()}) == 1, "states differ"
     assert all(n.store.applied_seq == leader.last_seq for n in cluster.nodes.values())
-
-
-async def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.gen_test(timeout=90)

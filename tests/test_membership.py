@@ -11,6 +11,7 @@ from tornado.testing import bind_unused_port
 from node.app import start_node, stop_node
 from node.config import load_config
 from node.join import with_peers_from_cluster
+from tests.inprocess import wait_for
 
 SECRET = {"X-Replication-Secret": "in-process-secret"}
 
@@ -31,13 +32,6 @@ async def join(cluster, name: str):
     env = await asyncio.get_running_loop().run_in_executor(None, with_peers_from_cluster, env)
     node, server = await start_node(load_config(env), [sock])
     return node, server, f"127.0.0.1:{port}"
-
-
-async def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.gen_test(timeout=90)
