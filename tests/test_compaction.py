@@ -98,7 +98,7 @@ async def test_a_wiped_follower_is_restored_from_the_leaders_snapshot_under_load
         await load
         await settled_everywhere(cluster)
         restored = cluster.nodes["follower3"]
-        assert restored.compactor.installed_count == 1  # started from the leader's snapshot, not from seq 1
+        assert restored.compactor.installed_count >= 1  # started from the leader's snapshot, not from seq 1
         assert restored.compactor.base_seq >= 100
         assert min(log_seqs(restored)) > 1
         leader_status = (await cluster.request("leader", "GET", "/status"))[1]

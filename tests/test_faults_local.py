@@ -147,7 +147,8 @@ def test_a_follower_wiped_under_load_is_restored_from_the_leaders_snapshot(compa
     verdict = settle_and_check(cluster, "follower wiped, restored from a snapshot", result, prefix)
     assert verdict.ok > 0
     restored = snapshot_status(cluster, "follower2")
-    assert restored["installed"] == 1 and restored["seq"] > 0  # started from the leader's snapshot ...
+    # Started from the leader's snapshot (again, if the leader compacted past it while it caught up) ...
+    assert restored["installed"] >= 1 and restored["seq"] > 0
     assert min(load(cluster.log_path("follower2"))) > 1  # ... not from the leader's whole history
 
 
