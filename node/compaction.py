@@ -18,7 +18,7 @@ After the snapshot is durable:
 - snapshots older than the previous one are deleted.
 
     compactor = Compactor(node, snapshot)   # the newest valid snapshot found at start, or None
-    compactor.poke()                        # after applying: starts a snapshot when one is due
+    compactor.poke()                        # the commit point moved: starts a snapshot when one is due
     await compactor.take("POST /admin/snapshot")
 """
 
@@ -102,7 +102,8 @@ class Compactor:
 
     def poke(self) -> None:
         """Start a snapshot in the background when ``SNAPSHOT_EVERY`` committed entries have been
-        applied since the last one (cheap: called after every write or applied batch)."""
+        applied since the last one (cheap: called when the commit point may move, after a
+        follower's answer on the leader and after each durable batch on a follower)."""
         if self._task is None and not self._lock.locked() and \
                 snapshot_due(self.snapshot_point(), self.base_seq, self.config.snapshot_every):
             self._task = asyncio.ensure_future(self._take_in_background())

@@ -188,8 +188,6 @@ class Leader:
         delays = self.core.append(entry, record_body(record), time.monotonic())
         quorum = self._quorum_waiters[entry.seq] = asyncio.get_running_loop().create_future()
         self._plan_step()
-        if self.host is not None:
-            self.host.compactor.poke()
         return entry, delays, quorum
 
     def durable_through(self, seq: int) -> asyncio.Future:

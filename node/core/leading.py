@@ -35,7 +35,7 @@ CAUGHT_UP_LAG = 100
 
 
 class LeaderLogError(Exception):
-    """The leader's own log is not a gap-free sequence 1..n."""
+    """The leader's own log is not a gap-free sequence from its snapshot (or from 1) on."""
 
 
 @dataclass
@@ -106,8 +106,8 @@ class LeaderCore:
         return {address: p.match for address, p in self.progress.items()}
 
     def installing(self, address: str, yes: bool) -> None:
-        """A follower installs a snapshot (a learner until it pulls from the log again): its
-        confirmations do not count towards the write quorum meanwhile."""
+        """A follower installs a snapshot: its confirmations count towards no write quorum
+        until a pull finds it within ``CAUGHT_UP_LAG`` of the last entry (see :meth:`pulled`)."""
         self.progress[address].installing = yes
 
     @property
